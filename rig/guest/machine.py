@@ -1,0 +1,252 @@
+"""The QEMU process that runs the Linux 2.4.20 guest.
+
+:class:`QemuMachine` owns one qemu-system-i386 process, in the manner of QEMU's own
+``qemu.machine.QEMUMachine``: ``launch()`` starts it and waits for the guest's
+init banner, ``shutdown()`` stops it with timeouts, and as a context manager it
+never leaks the process.  ``detach()`` hands a running guest over to a state file
+(``invoke boot``); :meth:`QemuMachine.attach` takes it back (later tasks).
+
+Every endpoint is private: the serial console and the GDB stub are unix sockets
+in a 0700 run directory, and the NIC (an i82557b, driven by 2.4.20's eepro100)
+hangs off an empty QEMU hub, with no route to any network.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import pexpect.fdpexpect
+
+from rig import tools
+from rig.errors import RigError
+from rig.guest.accel import Clock
+from rig.guest.protocol import GuestConsole, ReadyInfo
+
+MIB = 1 << 20
+# The component repository: physical 16-20 MiB, left out of the e820 map by
+# mem=exactmap so the kernel never allocates it, yet 2.4 still maps it in its
+# direct map at PAGE_OFFSET + 16 MiB = 0xC1000000.  No kernel change needed.
+REPOSITORY_PHYS = 16 * MIB
+REPOSITORY_SIZE = 4 * MIB
+GUEST_MEMORY_MB = 64
+MEMORY_MAP = (f"mem=exactmap mem=640K@0 mem={REPOSITORY_PHYS // MIB - 1}M@1M "
+              f"mem={GUEST_MEMORY_MB - (REPOSITORY_PHYS + REPOSITORY_SIZE) // MIB}M"
+              f"@{(REPOSITORY_PHYS + REPOSITORY_SIZE) // MIB}M")
+BOOT_ARGS = f"console=ttyS0 root=/dev/ram0 init=/init panic=-1 {MEMORY_MAP}"
+
+_SOCKET_APPEAR_S = 10.0
+_SHUTDOWN_GRACE_S = 5.0
+
+
+@dataclass
+class MachineConfig:
+    bzimage: Path
+    initrd: Path
+    run_dir: Path
+    clock: Clock = field(default_factory=lambda: Clock("tcg"))
+    memory_mb: int = GUEST_MEMORY_MB
+    extra_append: str = ""
+    firmware: str | None = "qboot.rom"  # a minimal firmware: boots -kernel much faster than SeaBIOS
+
+    @property
+    def console_socket(self) -> Path:
+        return self.run_dir / "console.sock"
+
+    @property
+    def gdb_socket(self) -> Path:
+        return self.run_dir / "gdb.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.run_dir / "qemu.log"
+
+    def argv(self) -> list[str]:
+        append = f"{BOOT_ARGS} {self.extra_append}".strip()
+        argv = [tools.require("qemu-system-i386"), "-name", "trapsplice", "-machine", "pc",
+                *self.clock.qemu_args(), "-m", str(self.memory_mb), "-nodefaults", "-display", "none",
+                "-no-reboot", "-kernel", str(self.bzimage), "-initrd", str(self.initrd), "-append", append,
+                "-chardev", f"socket,id=console,path={self.console_socket},server=on,wait=on,"
+                            f"logfile={self.console_log}",
+                "-serial", "chardev:console",
+                "-chardev", f"socket,id=gdb,path={self.gdb_socket},server=on,wait=off",
+                "-gdb", "chardev:gdb",
+                "-netdev", "hubport,id=isolated,hubid=0",
+                "-device", "i82557b,netdev=isolated,romfile="]
+        if self.firmware:
+            argv += ["-bios", self.firmware]
+        return argv
+
+
+@dataclass(frozen=True)
+class BootInfo:
+    pid: int
+    boot_seconds: float
+    ready: ReadyInfo
+
+
+class QemuMachine:
+    """One qemu-system-i386 running the 2.4.20 guest."""
+
+    def __init__(self, config: MachineConfig) -> None:
+        self.config = config
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+        self._socket: socket.socket | None = None
+        self._console: GuestConsole | None = None
+        self.boot: BootInfo | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+    def launch(self, ready_timeout: float = 60.0) -> BootInfo:
+        if self._pid is not None:
+            raise RuntimeError("machine already launched")
+        self.config.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.config.run_dir, 0o700)
+        for stale in (self.config.console_socket, self.config.gdb_socket, self.config.console_log):
+            stale.unlink(missing_ok=True)
+        started = time.monotonic()
+        with self.config.qemu_log.open("wb") as qemu_log:
+            # A session of its own: the guest may outlive this process (invoke boot).
+            self._process = subprocess.Popen(self.config.argv(), stdin=subprocess.DEVNULL, stdout=qemu_log,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+        self._pid = self._process.pid
+        try:
+            self._connect_console()
+            ready = self.console.wait_ready(timeout=ready_timeout)
+        except BaseException as exc:
+            tail = self._console_tail()
+            self.shutdown()
+            if isinstance(exc, RigError):
+                raise RigError(f"guest did not come up: {exc.message}\n--- console tail ---\n{tail}",
+                               hint=f"qemu log: {self.config.qemu_log}") from None
+            raise
+        self.boot = BootInfo(pid=self._pid, boot_seconds=time.monotonic() - started, ready=ready)
+        return self.boot
+
+    def _connect_console(self) -> None:
+        deadline = time.monotonic() + _SOCKET_APPEAR_S
+        while not self.config.console_socket.exists():
+            if self._process is not None and self._process.poll() is not None:
+                raise RigError(f"qemu exited at start (code {self._process.returncode}): "
+                               f"{self.config.qemu_log.read_text(errors='replace').strip()[-800:]}",
+                               hint="check the qemu command line in the log above")
+            if time.monotonic() > deadline:
+                raise RigError("qemu did not create its console socket in time")
+            time.sleep(0.02)
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._socket.connect(str(self.config.console_socket))
+        spawn = pexpect.fdpexpect.fdspawn(self._socket.fileno(), encoding="utf-8", codec_errors="replace")
+        self._console = GuestConsole(spawn)
+
+    @property
+    def console(self) -> GuestConsole:
+        if self._console is None:
+            raise RigError("not connected to the guest console")
+        return self._console
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def is_running(self) -> bool:
+        if self._pid is None:
+            return False
+        if self._process is not None:
+            return self._process.poll() is None
+        return pid_is_qemu(self._pid)
+
+    def _console_tail(self) -> str:
+        try:
+            text = self.config.console_log.read_text(errors="replace")
+        except OSError:
+            return "(no console output)"
+        return "\n".join(text.splitlines()[-25:]) or "(no console output)"
+
+    def _close_console(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+        self._socket = None
+        self._console = None
+
+    def shutdown(self, timeout: float = _SHUTDOWN_GRACE_S) -> None:
+        """Stop QEMU: SIGTERM, then SIGKILL after ``timeout``. Safe to call twice."""
+        self._close_console()
+        pid, self._pid = self._pid, None
+        if pid is None:
+            return
+        if self._process is not None:
+            process, self._process = self._process, None
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=timeout)
+        else:
+            _stop_foreign(pid, timeout)
+        for sock in (self.config.console_socket, self.config.gdb_socket):
+            sock.unlink(missing_ok=True)
+
+    def detach(self) -> None:
+        """Leave QEMU running on its own (``invoke boot``); this object no longer owns it."""
+        self._close_console()
+        if self._process is not None:
+            # Forget the Popen without killing; the child is in its own session.
+            self._process.returncode = 0
+            self._process = None
+        self._pid = None
+
+    @classmethod
+    def attach(cls, config: MachineConfig, pid: int, connect_console: bool = True) -> "QemuMachine":
+        """Take over a guest started by an earlier ``launch()`` + ``detach()``."""
+        if not pid_is_qemu(pid):
+            raise RigError(f"no guest is running (qemu pid {pid} is gone)", hint="start one with: invoke boot")
+        machine = cls(config)
+        machine._pid = pid
+        if connect_console:
+            machine._connect_console()
+            machine.console.resync()
+        return machine
+
+    def __enter__(self) -> "QemuMachine":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.shutdown()
+
+    def remove_run_dir(self) -> None:
+        shutil.rmtree(self.config.run_dir, ignore_errors=True)
+
+
+def pid_is_qemu(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"qemu-system-i386" in cmdline and b"trapsplice" in cmdline
+
+
+def _stop_foreign(pid: int, timeout: float) -> None:
+    """Stop a QEMU this process did not start (it is not our child: poll /proc)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not pid_is_qemu(pid):
+                return
+            time.sleep(0.05)
