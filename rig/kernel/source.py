@@ -92,7 +92,7 @@ def file_sha256(path: Path) -> str:
 def _makefile_version(makefile_text: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for key in ("VERSION", "PATCHLEVEL", "SUBLEVEL", "EXTRAVERSION"):
-        match = re.search(rf"^{key}\s*=\s*(.*)$", makefile_text, re.MULTILINE)
+        match = re.search(rf"^{key}[ \t]*=[ \t]*(.*)$", makefile_text, re.MULTILINE)
         found[key] = match.group(1).strip() if match else "?"
     return found
 
