@@ -274,7 +274,7 @@ def plot_fig4(distributions: Iterable[LengthDistribution], out_png: Path, captio
     ax.set_ylabel("ratio of occurrence (%)")
     ax.set_title("Fig. 4 reproduced: distribution of instruction sizes")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="paper: at most 30% are >= 5 B", title_fontsize=8)
     if caption:
         fig.text(0.01, 0.01, caption, fontsize=7, ha="left", va="bottom", wrap=True)
         fig.subplots_adjust(bottom=0.2)

@@ -114,17 +114,33 @@ def write_report(run_dir: Path, title: str, sections: Sequence[Section]) -> Path
 
 def fig4_table(distributions: Sequence[LengthDistribution]) -> Table:
     buckets = list(histogram_buckets(distributions[0]).keys()) if distributions else []
-    header = ["object", "instructions", "undecodable B"] + [f"{b} B %" for b in buckets] + [">=5 B %", "compiler"]
-    rows = [[d.name, d.total_instructions, d.undecodable] + list(histogram_buckets(d).values())
+    header = (["object", "instructions", "undecodable B", "BUG() data B"] + [f"{b} B %" for b in buckets]
+              + [">=5 B %", "compiler"])
+    rows = [[d.name, d.total_instructions, d.undecodable, d.inline_data] + list(histogram_buckets(d).values())
             + [d.share_at_least_5, d.compiler] for d in distributions]
     return Table(f"Fig. 4: instruction sizes (paper: {PAPER_CLAIM})", header, rows)
 
 
+def _offset(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
+
+
+def _crossover_cell(crossover: int | None, first: int) -> str:
+    if crossover is None:
+        return "never"
+    return f"<= {crossover:,}" if crossover == first else f"{crossover:,}"
+
+
 def fig5_table(result: Fig5Result) -> Table:
-    header = ["variant", "costs (jmp, trap)", "jmp @ first offset", "jmp @ last offset", "trap",
-              "crossover offset (B)", "paper's conclusion"]
-    rows = [[c.variant, f"{c.costs.label}: {c.costs.jmp:g}, {c.costs.trap:g}", c.jmp_mean[0], c.jmp_mean[-1],
-             c.trap_mean[0], "none" if c.crossover_offset is None else f"{c.crossover_offset:,}", c.verdict]
+    offsets = result.curves[0].offsets if result.curves else [0]
+    first, last = offsets[0], offsets[-1]
+    header = ["variant", "relative costs", f"jmp @ {_offset(first)}", f"jmp @ {_offset(last)}", "trap",
+              "jmp > trap from (B)", "paper's conclusion"]
+    rows = [[c.variant, c.costs.label, c.jmp_mean[0], c.jmp_mean[-1], c.trap_mean[0],
+             _crossover_cell(c.crossover_offset, first), c.verdict]
             for c in result.curves]
     return Table(f"Fig. 5: modeled average cost ({result.trials} trials/offset, seed {result.seed}, "
                  f"P(2-4 B)={result.share_short:.3f})", header, rows)
