@@ -1,0 +1,315 @@
+"""Code splicing (the paper's step 2) as a plan: which bytes go where, in which order.
+
+Nothing here touches the guest. :func:`plan_splice` turns a decoded function and a point into a
+:class:`SplicePlan` whose ``writes`` the I/O side applies in order (the instrumentation point
+last) and whose ``undo`` restores the kernel text (the point first).
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import iced_x86 as ix
+
+from rig.errors import RigError
+from rig.splicer import springboard as sb
+from rig.splicer.analysis import FunctionCode, Instruction, decode
+from rig.splicer.image import ByteRange, PaddingGap
+from rig.splicer.memory import MemoryWrite
+from rig.splicer.repository import (FREE_KEY, MAX_ORIGINAL, MAX_SPRINGBOARDS, PATCH_AREA_SIZE,  # noqa: I001
+                                    PATCH_CODE_OFFSET, SLOT_RECORD_SIZE, Mode, Policy,
+                                    RepositoryLayout, SlotRecord, SpringboardRecord, encode_slot,
+                                    encode_table_entry)
+
+TRAP_SIZE = 2       # int $n: CD nn
+REL32_SIZE = 5      # jmp rel32: E9 xx xx xx xx
+FILLER = 0xCC       # window bytes after the branch: int3, so a stray jump there stops loudly
+
+
+class PatchKind(enum.Enum):
+    COUNTER = "counter"  # pushfd; inc dword [counter]; popfd; <displaced>; jmp back
+    EMPTY = "empty"      # <displaced>; jmp back (for measuring the bare branch cost)
+
+
+class SpliceRefused(RigError):
+    """A splice that cannot be made safely; ``reason`` is a stable code tests and tasks match on."""
+
+    def __init__(self, reason: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Springboard:
+    address: int
+    data: bytes
+    original: bytes
+
+
+@dataclass(frozen=True)
+class SplicePlan:
+    function: str
+    point: int
+    mode: Mode
+    policy: Policy
+    slot: int
+    window: ByteRange                 # whole instructions replaced; resume address = window.end
+    original: bytes                   # window bytes before
+    new_bytes: bytes                  # window bytes after (branch + int3 filler)
+    patch_address: int                # entry of the patch code
+    patch_code: bytes
+    counter_address: int | None
+    springboards: tuple[Springboard, ...]
+    hops: int                         # jumps executed from the point to the patch (trap: 0)
+    trap_return: int | None           # EIP the trap handler looks up (point + 2), trap mode only
+    writes: tuple[MemoryWrite, ...]   # apply in order; the point is last
+    undo: tuple[MemoryWrite, ...]     # apply in order; the point is first
+    before: str = ""
+    after: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def busy_ranges(self) -> list[ByteRange]:
+        """Code no sleeping task may resume inside (after its first byte) when applying or undoing."""
+        return [self.window]
+
+    def summary(self) -> str:
+        route = f", {self.hops} jmp(s), {len(self.springboards)} springboard(s)" if self.mode is Mode.JMP else ""
+        return (f"{self.mode.name.lower()}/{self.policy.name.lower()} splice of {self.function} at "
+                f"{self.point:#x}: window {self.window.length} byte(s){route}, patch at "
+                f"{self.patch_address:#x} (slot {self.slot})")
+
+
+def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layout: RepositoryLayout,
+                slot: int, patch_kind: PatchKind = PatchKind.COUNTER, vector: int | None = None,
+                springboard_space: Sequence[ByteRange] = (), active: Sequence[SlotRecord] = ()) -> SplicePlan:
+    """Plan one splice. ``springboard_space``: free padding (``image.padding_gaps()``);
+    ``active``: slot records already in the guest (to refuse overlaps and shared bytes)."""
+    if mode is Mode.INT3:
+        raise SpliceRefused("mode-unsupported", "int3 splicing is not supported",
+                            "vector 3 is the kernel's debug trap; use --mode trap (int $n) or jmp")
+    if mode is Mode.TRAP and vector is None:
+        raise SpliceRefused("no-vector", "a trap splice needs the IDT vector of the installed handler",
+                            "install the repository first; it picks a free vector")
+    _check_not_spliced(code, point, slot, layout, active)
+    if not code.is_boundary(point):
+        raise SpliceRefused("not-boundary", f"{point:#x} is not the start of an instruction in {code.name}",
+                            f"instruction starts near it: {_nearby(code, point)}")
+
+    occupied = [ByteRange(b.address, len(b.original)) for rec in active if rec.in_use for b in rec.springboards]
+    free = sb.free_ranges(springboard_space, occupied)
+
+    if mode is Mode.TRAP:
+        window = _choose_window(code, point, TRAP_SIZE, policy)
+        route: list[sb.Hop] = []
+        branch = bytes([0xCD, vector & 0xFF])
+    else:
+        window, route, branch = _jmp_window(code, point, policy, layout.patch_code(slot), free)
+
+    instructions = [i for i in code.instructions if window.start <= i.address < window.end]
+    patch_address = layout.patch_code(slot)
+    counter = layout.counter(slot) if patch_kind is PatchKind.COUNTER else None
+    patch_code = _build_patch(instructions, window.end, patch_address, counter)
+    if len(patch_code) > PATCH_AREA_SIZE - PATCH_CODE_OFFSET:
+        raise SpliceRefused("patch-too-large", f"the patch needs {len(patch_code)} bytes",
+                            f"patch areas hold {PATCH_AREA_SIZE - PATCH_CODE_OFFSET}; splice a shorter window")
+
+    original = b"".join(i.bytes for i in instructions)
+    new_bytes = branch + bytes([FILLER]) * (window.length - len(branch))
+    springboards = tuple(_encode_hops(route, springboard_space, patch_address))
+    hops = 0 if mode is Mode.TRAP else 1 + len(springboards)
+    record = SlotRecord(True, int(mode), int(policy), window.length, len(branch), hops, point, window.end,
+                        patch_address, counter or 0, original,
+                        tuple(SpringboardRecord(b.address, b.original) for b in springboards))
+    trap_return = point + TRAP_SIZE if mode is Mode.TRAP else None
+    writes, undo = _writes(layout, slot, record, patch_code, counter, springboards, new_bytes, trap_return)
+    after = [*decode(new_bytes, point), *decode(patch_code, patch_address)]
+    for board in springboards:
+        after += decode(board.data, board.address)
+    return SplicePlan(code.name, point, mode, policy, slot, window, original, new_bytes, patch_address,
+                      patch_code, counter, springboards, hops, trap_return, tuple(writes), tuple(undo),
+                      before="\n".join(i.text() for i in instructions),
+                      after="\n".join(i.text() for i in after))
+
+
+def _writes(layout: RepositoryLayout, slot: int, record: SlotRecord, patch_code: bytes, counter: int | None,
+            springboards: Sequence[Springboard], new_bytes: bytes,
+            trap_return: int | None) -> tuple[list[MemoryWrite], list[MemoryWrite]]:
+    """Apply order: everything the branch leads to first, the branch itself last; undo reversed."""
+    area = layout.patch_area(slot)
+    patch = bytes(PATCH_CODE_OFFSET) + patch_code  # the hit counter starts at 0
+    writes = [MemoryWrite(area, patch, "patch")]
+    writes += [MemoryWrite(b.address, b.data, "springboard", expect=b.original) for b in springboards]
+    if trap_return is not None:
+        writes.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(trap_return, record.patch_address),
+                                  "trap-table"))
+    writes.append(MemoryWrite(layout.slot_record(slot), encode_slot(record), "slot"))
+    writes.append(MemoryWrite(record.point, new_bytes, "point", expect=record.original))
+    return writes, undo_writes(layout, slot, record, expect_new=new_bytes)
+
+
+def undo_writes(layout: RepositoryLayout, slot: int, record: SlotRecord,
+                expect_new: bytes | None = None) -> list[MemoryWrite]:
+    """Undo from a slot record alone (as read back from the guest): point first.
+
+    The patch area is left as it is: a task preempted inside it (returning from a displaced call)
+    still finishes correctly; reuse the slot only after a busy check over the patch area.
+    """
+    undo = [MemoryWrite(record.point, record.original, "point", expect=expect_new)]
+    undo += [MemoryWrite(b.address, b.original, "springboard") for b in record.springboards]
+    if record.mode == Mode.TRAP:
+        undo.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(FREE_KEY, 0), "trap-table"))
+    undo.append(MemoryWrite(layout.slot_record(slot), bytes(SLOT_RECORD_SIZE), "slot"))
+    return undo
+
+
+# ---- windows ----------------------------------------------------------------------------------
+def _choose_window(code: FunctionCode, point: int, need: int, policy: Policy) -> ByteRange:
+    first = code.instruction_at(point)
+    if policy is Policy.SINGLE:
+        if first.size < need:
+            raise SpliceRefused("too-short", f"the instruction at {point:#x} ({first.mnemonic}) is "
+                                f"{first.size} byte(s), the branch needs {need}",
+                                "use --policy displace to overwrite the following instructions too")
+        taken = [first]
+    else:
+        taken = []
+        for insn in code.instructions_from(point):
+            if sum(i.size for i in taken) >= need:
+                break
+            taken.append(insn)
+        length = sum(i.size for i in taken)
+        if length < need or point + length > code.end:
+            raise SpliceRefused("crosses-end", f"{need} bytes from {point:#x} run past the end of {code.name}",
+                                "pick an earlier point, or --mode trap (2 bytes)")
+        inside = sorted(t for t in code.entered_at if point < t < point + length)
+        if inside:
+            raise SpliceRefused("target-inside", f"a branch lands at {inside[0]:#x}, inside the "
+                                f"{length}-byte window at {point:#x}",
+                                "pick another point, or --policy single / --mode trap for a smaller window")
+        if len(taken) > 1 and code.unresolved_indirect_jumps:
+            raise SpliceRefused("indirect-jumps", f"{code.name} has indirect jumps whose targets are unknown "
+                                f"(at {', '.join(hex(a) for a in code.unresolved_indirect_jumps)}); one could "
+                                "land inside a multi-instruction window",
+                                "use --policy single, or --mode trap at a 2-byte instruction")
+    for insn in taken:
+        _check_relocatable(code, insn)
+    length = sum(i.size for i in taken)
+    if length > MAX_ORIGINAL:
+        raise SpliceRefused("window-too-long", f"the window is {length} bytes", "pick another point")
+    return ByteRange(point, length)
+
+
+def _jmp_window(code: FunctionCode, point: int, policy: Policy, patch: int,
+                free: Sequence[ByteRange]) -> tuple[ByteRange, list[sb.Hop], bytes]:
+    try:
+        window = _choose_window(code, point, REL32_SIZE, policy)
+        return window, [], _jmp(point, patch, REL32_SIZE)
+    except SpliceRefused as wide:
+        if wide.reason not in ("too-short", "target-inside", "crosses-end", "indirect-jumps"):
+            raise
+        first_refusal = wide
+    if policy is Policy.SINGLE and code.instruction_at(point).size < 2:
+        raise first_refusal
+    window = _choose_window(code, point, sb.REL8_SIZE, policy)
+    route = sb.find_route(point, free, MAX_SPRINGBOARDS)
+    if route is None:
+        raise SpliceRefused("no-springboard-route", f"{REL32_SIZE} bytes cannot be taken at {point:#x} "
+                            f"({first_refusal.message}) and no chain of jmp rel8 through free padding "
+                            f"within {MAX_SPRINGBOARDS} hops reaches a 5-byte gap",
+                            "use --mode trap, which needs only 2 bytes")
+    return window, route, _jmp(point, route[0].address, sb.REL8_SIZE)
+
+
+def _check_relocatable(code: FunctionCode, insn: Instruction) -> None:
+    if insn.is_data or insn.mnemonic == "ud2":
+        raise SpliceRefused("unrelocatable", f"{insn.address:#x} is BUG() (ud2 and its file/line record)",
+                            "the BUG handler finds its record next to the faulting address; pick another point")
+    if insn.address in code.exception_sites:
+        raise SpliceRefused("unrelocatable", f"{insn.address:#x} may fault on a user address and is in "
+                            "__ex_table; a relocated copy would not be found by the fault handler",
+                            "pick another point")
+    if insn.mnemonic in ("int3", "int", "into", "iretd", "iret", "sysexit", "hlt"):
+        raise SpliceRefused("unrelocatable", f"{insn.mnemonic} at {insn.address:#x} is not relocated",
+                            "pick another point")
+
+
+def _check_not_spliced(code: FunctionCode, point: int, slot: int, layout: RepositoryLayout,
+                       active: Sequence[SlotRecord]) -> None:
+    for index, rec in enumerate(active):
+        if not rec.in_use:
+            continue
+        if rec.point <= point < rec.point + max(rec.window_length, 1):
+            raise SpliceRefused("already-spliced", f"{point:#x} lies in the window of an active splice "
+                                f"at {rec.point:#x}", "undo that splice first")
+        if rec.patch_address == layout.patch_code(slot):
+            raise SpliceRefused("slot-in-use", f"repository slot {slot} is in use",
+                                "take layout.free_slot(...) of the in-use slots")
+
+
+def _nearby(code: FunctionCode, point: int) -> str:
+    near = [i.address for i in code.instructions if abs(i.address - point) <= 8 and not i.is_data]
+    return ", ".join(hex(a) for a in near) or "none"
+
+
+# ---- encoding ---------------------------------------------------------------------------------
+def _jmp(at: int, target: int, size: int) -> bytes:
+    op = ix.Code.JMP_REL32_32 if size == REL32_SIZE else ix.Code.JMP_REL8_32
+    encoder = ix.Encoder(32)
+    try:
+        encoder.encode(ix.Instruction.create_branch(op, target), at)
+    except ValueError as exc:
+        raise SpliceRefused("out-of-range", f"jmp from {at:#x} cannot reach {target:#x}: {exc}") from exc
+    data = encoder.take_buffer()
+    assert len(data) == size
+    return data
+
+
+def _build_patch(instructions: list[Instruction], resume: int, address: int, counter: int | None) -> bytes:
+    """Probe, then the displaced instructions re-encoded for the patch address, then jmp back.
+
+    iced's BlockEncoder re-targets relative branches/calls to their original absolute targets and
+    widens short jcc/jmp (loop/jecxz become a short jump over a near jmp). Each displaced
+    instruction gets a private label as ip so a branch to the window start is not bound to its
+    own copy but goes back to the original address.
+    """
+    body: list[ix.Instruction] = []
+    if counter is not None:
+        body += [
+            ix.Instruction.create(ix.Code.PUSHFD),  # flags may be live mid-function
+            ix.Instruction.create_mem(ix.Code.INC_RM32, ix.MemoryOperand(displ=counter, displ_size=4)),
+            ix.Instruction.create(ix.Code.POPFD),
+        ]
+    for label, insn in enumerate(instructions, start=1):
+        decoded = ix.Decoder(32, insn.bytes, ip=insn.address).decode()
+        if decoded.code == ix.Code.INVALID:
+            raise SpliceRefused("unrelocatable", f"iced-x86 cannot decode {insn.text()}")
+        decoded.ip = label
+        body.append(decoded)
+    body.append(ix.Instruction.create_branch(ix.Code.JMP_REL32_32, resume))
+    encoder = ix.BlockEncoder(32)
+    encoder.add_many(body)
+    try:
+        return encoder.encode(address)
+    except ValueError as exc:
+        raise SpliceRefused("unrelocatable", f"the displaced instructions cannot be re-encoded: {exc}") from exc
+
+
+def _encode_hops(route: list[sb.Hop], space: Sequence[ByteRange], patch: int) -> list[Springboard]:
+    boards = []
+    for index, hop in enumerate(route):
+        if hop.final:
+            data = _jmp(hop.address, patch, REL32_SIZE)
+        else:
+            data = _jmp(hop.address, route[index + 1].address, sb.REL8_SIZE)
+        boards.append(Springboard(hop.address, data, _original_padding(space, hop.address, len(data))))
+    return boards
+
+
+def _original_padding(space: Sequence[ByteRange], address: int, length: int) -> bytes:
+    for gap in space:
+        if isinstance(gap, PaddingGap) and gap.start <= address and address + length <= gap.end:
+            return gap.bytes_at(address, length)
+    raise SpliceRefused("no-springboard-route", f"springboard at {address:#x} is not in known padding",
+                        "pass image.padding_gaps() as springboard_space")

@@ -1,0 +1,284 @@
+"""The component repository: guest kernel memory the rig owns, and its binary layout.
+
+Default: 4 MiB at virtual 0xC1000000 = physical 16-20 MiB, which ``mem=exactmap`` boot
+parameters leave reserved (the kernel never allocates it) while 2.4 still maps it in its direct
+map. Everything the host needs to know about live splices is stored here, so the guest memory,
+not a host-side file, is the record of what is spliced:
+
+    base+0x0000  header   magic "TRAPSPLC", version, size, vector, handler address, handler hits,
+                          slot count, table/slot/patch addresses, patch area size
+    base+0x0100  trap handler stub (interrupt gate target)
+    base+0x0200  trap table: (return EIP, patch address) u32 pairs, one per slot, key 0 ends it,
+                 key FREE_KEY marks a released slot (kept so later entries stay reachable)
+    base+0x1000  slot table: one SLOT_RECORD_SIZE record per slot
+    base+0x10000 patch areas: PATCH_AREA_SIZE each; hit counter at +0, code at +PATCH_CODE_OFFSET
+
+The header keeps no "slots in use" count: it would duplicate the in-use flags of the slot
+records and could go stale if an apply is interrupted; count in-use records instead.
+Slots must be taken lowest-free-first (:meth:`RepositoryLayout.free_slot`), which keeps every
+trap-table entry below the highest used one non-zero, so the handler's scan reaches them all.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import iced_x86 as ix
+
+from rig.errors import RigError
+from rig.splicer.memory import MemoryWrite
+
+MAGIC = b"TRAPSPLC"
+VERSION = 1
+DEFAULT_BASE = 0xC1000000
+DEFAULT_SIZE = 4 << 20
+HANDLER_OFFSET = 0x100
+HANDLER_MAX = 0x100
+TABLE_OFFSET = 0x200
+SLOT_TABLE_OFFSET = 0x1000
+SLOT_RECORD_SIZE = 128
+PATCH_OFFSET = 0x10000
+PATCH_AREA_SIZE = 256
+PATCH_CODE_OFFSET = 16
+DEFAULT_SLOTS = 128
+FREE_KEY = 0xFFFFFFFF
+MAX_ORIGINAL = 16
+MAX_SPRINGBOARDS = 6
+SPRINGBOARD_MAX_BYTES = 7
+
+_HEADER = struct.Struct("<8sIIIIIIIIII")
+HEADER_HITS_OFFSET = 8 + 4 * 4  # magic, version, size, vector, handler -> hits
+_TABLE_ENTRY = struct.Struct("<II")
+_SLOT_HEAD = struct.Struct("<BBBBBBBxIIII16s")
+_SPRINGBOARD = struct.Struct("<IB7s")
+
+
+class Mode(enum.IntEnum):
+    TRAP = 1   # int $n through a private IDT vector
+    JMP = 2    # jmp rel32, or jmp rel8 hops through springboards
+    INT3 = 3   # reserved: vector 3 belongs to the kernel's debug path; refused for now
+
+
+class Policy(enum.IntEnum):
+    SINGLE = 1     # overwrite only the instruction at the point (the paper's)
+    DISPLACE = 2   # overwrite whole instructions covering the branch, relocate them
+
+
+@dataclass(frozen=True)
+class Header:
+    vector: int
+    handler: int
+    handler_hits: int
+    slots: int
+    table: int
+    slot_table: int
+    patches: int
+    patch_area_size: int
+    size: int
+    version: int = VERSION
+
+
+@dataclass(frozen=True)
+class SpringboardRecord:
+    address: int
+    original: bytes
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    in_use: bool
+    mode: int
+    policy: int
+    window_length: int
+    branch_length: int
+    hops: int
+    point: int
+    return_address: int
+    patch_address: int
+    counter_address: int
+    original: bytes
+    springboards: tuple[SpringboardRecord, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class RepositoryLayout:
+    base: int = DEFAULT_BASE
+    size: int = DEFAULT_SIZE
+    slots: int = DEFAULT_SLOTS
+
+    def __post_init__(self) -> None:
+        if self.patch_area(self.slots - 1) + PATCH_AREA_SIZE > self.base + self.size:
+            raise RigError(f"{self.slots} slots do not fit in {self.size:#x} bytes at {self.base:#x}",
+                           "use fewer slots or a larger repository")
+        if self.table + (self.slots + 1) * _TABLE_ENTRY.size > self.base + SLOT_TABLE_OFFSET \
+                or self.slot_record(self.slots) > self.base + PATCH_OFFSET:
+            raise RigError(f"{self.slots} slots overflow the table regions", "use at most 128 slots")
+
+    @property
+    def handler(self) -> int:
+        return self.base + HANDLER_OFFSET
+
+    @property
+    def handler_hits(self) -> int:
+        return self.base + HEADER_HITS_OFFSET
+
+    @property
+    def table(self) -> int:
+        return self.base + TABLE_OFFSET
+
+    def table_entry(self, slot: int) -> int:
+        self._check_slot(slot)
+        return self.table + slot * _TABLE_ENTRY.size
+
+    def slot_record(self, slot: int) -> int:
+        return self.base + SLOT_TABLE_OFFSET + slot * SLOT_RECORD_SIZE
+
+    def patch_area(self, slot: int) -> int:
+        return self.base + PATCH_OFFSET + slot * PATCH_AREA_SIZE
+
+    def counter(self, slot: int) -> int:
+        return self.patch_area(slot)
+
+    def patch_code(self, slot: int) -> int:
+        return self.patch_area(slot) + PATCH_CODE_OFFSET
+
+    def contains(self, address: int) -> bool:
+        return self.base <= address < self.base + self.size
+
+    def free_slot(self, in_use: Iterable[int]) -> int:
+        used = set(in_use)
+        for slot in range(self.slots):
+            if slot not in used:
+                return slot
+        raise RigError(f"all {self.slots} repository slots are in use", "undo a splice first")
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.slots:
+            raise RigError(f"slot {slot} is outside 0..{self.slots - 1}", "pick a free slot")
+
+    def header(self, vector: int) -> Header:
+        return Header(vector, self.handler, 0, self.slots, self.table, self.slot_record(0),
+                      self.patch_area(0), PATCH_AREA_SIZE, self.size)
+
+
+# ---- header and slot records ------------------------------------------------------------------
+def encode_header(h: Header) -> bytes:
+    return _HEADER.pack(MAGIC, h.version, h.size, h.vector, h.handler, h.handler_hits, h.slots,
+                        h.table, h.slot_table, h.patches, h.patch_area_size)
+
+
+def header_size() -> int:
+    return _HEADER.size
+
+
+def decode_header(raw: bytes) -> Header:
+    if len(raw) < _HEADER.size:
+        raise RigError(f"repository header needs {_HEADER.size} bytes, got {len(raw)}", None)
+    (magic, version, size, vector, handler, hits, slots, table, slot_table, patches,
+     patch_size) = _HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        raise RigError("no component repository in the guest (magic missing)",
+                       "install the repository first (it is lost when the guest reboots)")
+    if version != VERSION:
+        raise RigError(f"repository version {version}, this rig speaks {VERSION}",
+                       "reboot the guest to start from a clean repository")
+    return Header(vector, handler, hits, slots, table, slot_table, patches, patch_size, size, version)
+
+
+def encode_slot(record: SlotRecord) -> bytes:
+    if len(record.original) > MAX_ORIGINAL or len(record.springboards) > MAX_SPRINGBOARDS:
+        raise ValueError("slot record overflow")
+    head = _SLOT_HEAD.pack(record.in_use, record.mode, record.policy, record.window_length,
+                           record.branch_length, record.hops, len(record.springboards), record.point,
+                           record.return_address, record.patch_address, record.counter_address,
+                           record.original.ljust(MAX_ORIGINAL, b"\0"))
+    boards = b"".join(_SPRINGBOARD.pack(sb.address, len(sb.original), sb.original)
+                      for sb in record.springboards)
+    return (head + boards).ljust(SLOT_RECORD_SIZE, b"\0")
+
+
+def decode_slot(raw: bytes) -> SlotRecord:
+    (in_use, mode, policy, window, branch, hops, n_boards, point, ret, patch, counter,
+     original) = _SLOT_HEAD.unpack_from(raw)
+    boards = []
+    for i in range(min(n_boards, MAX_SPRINGBOARDS)):
+        address, length, data = _SPRINGBOARD.unpack_from(raw, _SLOT_HEAD.size + i * _SPRINGBOARD.size)
+        boards.append(SpringboardRecord(address, data[:length]))
+    return SlotRecord(bool(in_use), mode, policy, window, branch, hops, point, ret, patch, counter,
+                      original[:window], tuple(boards))
+
+
+def encode_table_entry(return_eip: int, patch: int) -> bytes:
+    return _TABLE_ENTRY.pack(return_eip, patch)
+
+
+def decode_table(raw: bytes) -> list[tuple[int, int]]:
+    """Entries up to the terminator, FREE_KEY ones included (they keep their position)."""
+    entries = []
+    for key, patch in _TABLE_ENTRY.iter_unpack(raw[: len(raw) // 8 * 8]):
+        if key == 0:
+            break
+        entries.append((key, patch))
+    return entries
+
+
+# ---- the trap handler stub --------------------------------------------------------------------
+def trap_handler_code(layout: RepositoryLayout) -> bytes:
+    """Interrupt-gate target for the splice vector, assembled with iced-x86.
+
+    Entry stack (kernel -> kernel, no privilege change): [esp] = EIP after ``int $n``, then CS,
+    EFLAGS. The stub counts the hit, looks the EIP up in the trap table and, when found,
+    replaces the saved EIP with the patch address; ``iret`` then resumes there with the
+    interrupted EFLAGS (so the flags the stub clobbers do not leak). eax/esi are saved.
+    Not found (should not happen: a table entry is written before its point): the saved EIP
+    stays, execution resumes after the ``int`` in the middle of the overwritten window.
+    """
+    mem = ix.MemoryOperand
+    reg = ix.Register
+    code = ix.Code
+    scan, found, done = 1, 2, 3  # label ids (iced matches branch targets to instruction ips)
+
+    def at(label: int, instr: ix.Instruction) -> ix.Instruction:
+        instr.ip = label
+        return instr
+
+    body = [
+        ix.Instruction.create_mem(code.INC_RM32, mem(displ=layout.handler_hits, displ_size=4)),
+        ix.Instruction.create_reg(code.PUSH_R32, reg.EAX),
+        ix.Instruction.create_reg(code.PUSH_R32, reg.ESI),
+        ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESP, displ=8, displ_size=1)),
+        ix.Instruction.create_reg_u32(code.MOV_R32_IMM32, reg.ESI, layout.table),
+        at(scan, ix.Instruction.create_mem_i32(code.CMP_RM32_IMM8, mem(reg.ESI), 0)),
+        ix.Instruction.create_branch(code.JE_REL8_32, done),
+        ix.Instruction.create_reg_mem(code.CMP_R32_RM32, reg.EAX, mem(reg.ESI)),
+        ix.Instruction.create_branch(code.JE_REL8_32, found),
+        ix.Instruction.create_reg_i32(code.ADD_RM32_IMM8, reg.ESI, 8),
+        ix.Instruction.create_branch(code.JMP_REL8_32, scan),
+        at(found, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESI, displ=4, displ_size=1))),
+        ix.Instruction.create_mem_reg(code.MOV_RM32_R32, mem(reg.ESP, displ=8, displ_size=1), reg.EAX),
+        at(done, ix.Instruction.create_reg(code.POP_R32, reg.ESI)),
+        ix.Instruction.create_reg(code.POP_R32, reg.EAX),
+        ix.Instruction.create(code.IRETD),
+    ]
+    encoder = ix.BlockEncoder(32)
+    encoder.add_many(body)
+    stub = encoder.encode(layout.handler)
+    if len(stub) > HANDLER_MAX:
+        raise AssertionError("trap handler outgrew its region")
+    return stub
+
+
+def install_writes(layout: RepositoryLayout, vector: int, idt_base: int | None = None,
+                   gate: bytes | None = None) -> list[MemoryWrite]:
+    """Writes that set up an empty repository; the IDT gate (if given) goes last."""
+    writes = [
+        MemoryWrite(layout.handler, trap_handler_code(layout), "handler"),
+        MemoryWrite(layout.table, bytes((layout.slots + 1) * _TABLE_ENTRY.size), "trap-table"),
+        MemoryWrite(layout.slot_record(0), bytes(layout.slots * SLOT_RECORD_SIZE), "slot-table"),
+        MemoryWrite(layout.base, encode_header(layout.header(vector)), "header"),
+    ]
+    if idt_base is not None and gate is not None:
+        writes.append(MemoryWrite(idt_base + vector * 8, gate, "idt-gate"))
+    return writes
