@@ -159,8 +159,10 @@ def _verdict(variant: str, costs: CostSet, offsets: Sequence[int], jmp_mean: Seq
     largest = f"{offsets[-1]:,} B"
     head = f"{variant}, {costs.label}: "
     if grows and crossover is not None:
-        return (head + f"holds -- jmp's average cost grows with offset and exceeds trap's from "
-                f"{crossover:,} B on ({jmp_mean[-1]:.3g} vs {trap_mean[-1]:.3g} at {largest}).")
+        where = (f"already at the smallest offset ({crossover:,} B)" if crossover == offsets[0]
+                 else f"from {crossover:,} B on")
+        return (head + f"holds -- jmp's average cost grows with offset and exceeds trap's {where} "
+                f"({jmp_mean[-1]:.3g} vs {trap_mean[-1]:.3g} at {largest}).")
     if crossover is not None:
         return (head + f"does not hold as stated -- jmp is dearer than trap ({jmp_mean[-1]:.3g} vs "
                 f"{trap_mean[-1]:.3g}) but flat in offset, so the distance to the buffer is not the reason.")
