@@ -5,6 +5,7 @@ Tests that need it call :func:`compile_c`; without a working ``gcc -m32`` they s
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,3 +40,61 @@ def function_bytes(obj: Path, name: str) -> bytes:
     image = KernelImage.load(obj)
     sym = image.function(name)
     return image.text_bytes(sym.address, sym.size)
+
+
+# ---- the splicer tests' real code ------------------------------------------------------------
+SNIPPETS = r"""
+extern int ext(int);
+extern void noreturn_ext(void) __attribute__((noreturn));
+int counter;
+
+/* A short loop: its back-edge target sits one instruction into a 5-byte window. */
+int loopy(int n) { int s = 0; for (int i = 0; i < n; i++) s += i * counter; return s; }
+
+/* A call and a conditional branch that a displace window must relocate. */
+int caller(int x) { if (x > 3) return ext(x) + 1; return x; }
+
+/* A switch: gcc emits jmp *table(,%eax,4) with the table in .rodata. */
+int sw(int x) {
+    switch (x) {
+    case 0: return ext(1); case 1: return ext(7) + 2; case 2: return 9;
+    case 3: return ext(x * 5); case 4: return ext(4) - 3; case 5: return 77;
+    default: return -1;
+    }
+}
+
+/* An indirect tail call: jmp *%reg with unknown targets. */
+int tail(int (*f)(int), int x) { return f(x + 1); }
+
+/* ud2 in the middle of a function. */
+int trapper(int x) { if (x == 42) __builtin_trap(); return x * 7; }
+
+/* Entry is a 1-byte push %ebp (frame pointer kept for this file). */
+int framed(int a, int b) { return ext(a) + b; }
+
+static int small1(int x) { return x + 1; }
+static int small2(int x) { return x * 3; }
+int use_smalls(int x) { return small1(x) + small2(x); }
+"""
+
+
+def vmlinux_path() -> Path | None:
+    """The built 2.4.20 vmlinux, if a build finished (env or the lead's notes)."""
+    explicit = os.environ.get("TRAPSPLICE_TEST_VMLINUX")
+    if explicit:
+        return Path(explicit)
+    ready = Path("/work/notes/kernel-ready.txt")  # TODO(lead): replace with the real fixture
+    if ready.is_file():
+        for line in ready.read_text().splitlines():
+            candidate = Path(line.strip())
+            if candidate.name == "vmlinux" and candidate.is_file():
+                return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def snippet_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("splicer-c")
+    return compile_c(SNIPPETS, directory, "snippets",
+                     ["-falign-functions=16", "-fno-omit-frame-pointer", "-fno-inline", "-fno-reorder-blocks-and-partition",
+                      "-foptimize-sibling-calls"])

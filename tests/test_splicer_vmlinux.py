@@ -1,0 +1,56 @@
+"""Plans on the real 2.4.20 vmlinux (skip until a built kernel is known).
+
+Set TRAPSPLICE_TEST_VMLINUX=/path/to/vmlinux; the lead will wire the build fixture.
+"""
+from __future__ import annotations
+
+import capstone
+import pytest
+
+from ccode import vmlinux_path
+from rig.splicer.analysis import disassemble_function
+from rig.splicer.image import KernelImage
+from rig.splicer.plan import SpliceRefused, plan_splice
+from rig.splicer.repository import Mode, Policy, RepositoryLayout
+
+LAYOUT = RepositoryLayout()
+_md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+
+
+@pytest.fixture(scope="module")
+def vmlinux() -> KernelImage:
+    path = vmlinux_path()
+    if path is None:
+        pytest.skip("no built vmlinux (set TRAPSPLICE_TEST_VMLINUX or build the kernel)")
+    return KernelImage.load(path)
+
+
+@pytest.mark.parametrize("function", ["tcp_sync_mss", "sys_getpid"])
+@pytest.mark.parametrize("mode", [Mode.TRAP, Mode.JMP])
+def test_entry_plans(vmlinux: KernelImage, function: str, mode: Mode) -> None:
+    code = disassemble_function(vmlinux, function)
+    gaps = vmlinux.padding_gaps()
+    plan = plan_splice(code, code.start, mode, Policy.DISPLACE, LAYOUT, 0, vector=0x81, springboard_space=gaps)
+    assert plan.original == vmlinux.text_bytes(code.start, plan.window.length)
+    assert plan.writes[-1].role == "point" and plan.undo[0].data == plan.original
+    first = next(_md.disasm(plan.new_bytes, code.start, count=1))
+    assert first.mnemonic == ("int" if mode is Mode.TRAP else "jmp")
+
+
+def test_short_instruction_point_needs_springboards(vmlinux: KernelImage) -> None:
+    """A real 2..4-byte instruction in tcp_sync_mss: single-policy jmp goes through padding."""
+    code = disassemble_function(vmlinux, "tcp_sync_mss")
+    gaps = vmlinux.padding_gaps()
+    assert gaps, "2.4.20 text has alignment padding between functions"
+    for insn in code.instructions:
+        if 2 <= insn.size < 5 and not insn.is_data:
+            try:
+                plan = plan_splice(code, insn.address, Mode.JMP, Policy.SINGLE, LAYOUT, 0,
+                                   springboard_space=gaps)
+            except SpliceRefused as refused:
+                assert refused.reason in ("no-springboard-route", "unrelocatable")
+                continue
+            assert plan.springboards and plan.hops == len(plan.springboards) + 1
+            assert plan.new_bytes[0] == 0xEB
+            return
+    pytest.fail("no short instruction in tcp_sync_mss could be reached through springboards")
