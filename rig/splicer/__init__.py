@@ -21,7 +21,7 @@ Splice protocol, for the I/O side (stop the guest for all of it):
    entry (trap mode), slot record, and the instrumentation point LAST — so until the point is
    written nothing can reach the new code, and after it everything it reaches is in place.
 5. Verify: read every written range back; it must equal ``data``.
-6. Undo: ``plan.undo`` (or ``plan.undo_writes(layout, slot, record)`` from a record read back from
+6. Undo: ``plan.undo`` (or ``rig.splicer.plan.undo_writes(layout, slot, record)`` from a record read from
    the guest): the point FIRST (restoring ``original`` exactly), then springboards back to their
    padding bytes, the trap-table key set to FREE_KEY, and the slot record zeroed. The patch area
    stays (its hit counter can still be read).
