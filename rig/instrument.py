@@ -1,0 +1,353 @@
+"""The kernel instrumentation manager: applies splice plans to the running guest through gdb.
+
+The pure splicer (``rig.splicer``) decides *what* to write; this module reads the guest's
+state, checks that it is safe, and writes, with the guest stopped:
+
+* a **prep stop** reads the repository header, slot table, IDT and task list, then the guest
+  runs again while the host plans;
+* the **splice stop** (the one timed as the guest's stall) re-checks everything the plan
+  rests on (expected bytes, the slot still free, no task inside the window), writes the
+  repository side and reads it back, then writes the instrumentation point last and reads it
+  back.  Nothing is written if any check fails.
+
+The guest memory is the record of what is spliced (the repository's slot table), so any
+later ``invoke`` reads it back; nothing about live splices is kept on the host.
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from rig.errors import RigError
+from rig.gdb.session import GdbSession
+from rig.guest.kernel_layout import TaskLayout, task_layout
+from rig.guest.machine import REPOSITORY_PHYS, REPOSITORY_SIZE
+from rig.kernel.build import KernelBuild
+from rig.splicer import idt, repository
+from rig.splicer.analysis import FunctionCode, disassemble_function
+from rig.splicer.image import ByteRange, KernelImage
+from rig.splicer.memory import MemoryWrite
+from rig.splicer.plan import PatchKind, SplicePlan, SpliceRefused, plan_splice, undo_writes
+from rig.splicer.repository import Header, Mode, Policy, RepositoryLayout, SlotRecord
+from rig.splicer.stackcheck import BusyWord, busy_words
+
+_MAX_TASKS = 512
+_E820_RAM = 1
+_E820_ENTRY = struct.Struct("<QQI")
+
+
+@cache
+def load_image(vmlinux: Path) -> KernelImage:
+    return KernelImage.load(vmlinux)
+
+
+@dataclass(frozen=True)
+class ActiveSplice:
+    slot: int
+    record: SlotRecord
+    function: str
+    offset: int
+    hits: int
+
+    @property
+    def mode(self) -> str:
+        return Mode(self.record.mode).name.lower()
+
+
+@dataclass(frozen=True)
+class SpliceResult:
+    plan: SplicePlan
+    stall_s: float        # host time the guest was held stopped for the splice itself
+    busy_retries: int
+    vector: int
+
+
+@dataclass(frozen=True)
+class UnspliceResult:
+    slot: int
+    function: str
+    point: int
+    hits: int
+    stall_s: float
+
+
+@dataclass(frozen=True)
+class GuestSnapshot:
+    """What the prep stop read: enough to plan without the guest stopped."""
+
+    header: Header
+    slots: list[SlotRecord]
+    tasks: list[tuple[int, int]]  # (task_struct address, saved kernel esp)
+
+    def active(self) -> list[tuple[int, SlotRecord]]:
+        return [(index, record) for index, record in enumerate(self.slots) if record.in_use]
+
+
+class Instrumenter:
+    """Splice, unsplice and list splices in the guest behind ``gdb`` (an attached session)."""
+
+    def __init__(self, gdb: GdbSession, kernel: KernelBuild, layout: RepositoryLayout | None = None) -> None:
+        self.gdb = gdb
+        self.kernel = kernel
+        self.image = load_image(kernel.vmlinux)
+        self.layout = layout or RepositoryLayout()
+        self.tasks_layout: TaskLayout = task_layout(kernel)
+        self.last_prep_stall_s: float | None = None
+
+    # ---- reading the guest (caller holds it stopped) ----------------------------------------
+    def _read_header(self) -> Header | None:
+        raw = self.gdb.read_memory(self.layout.base, repository.header_size())
+        if raw[:len(repository.MAGIC)] != repository.MAGIC:
+            return None
+        return repository.decode_header(raw)
+
+    def _read_slots(self) -> list[SlotRecord]:
+        raw = self.gdb.read_memory(self.layout.slot_record(0), self.layout.slots * repository.SLOT_RECORD_SIZE)
+        size = repository.SLOT_RECORD_SIZE
+        return [repository.decode_slot(raw[i * size:(i + 1) * size]) for i in range(self.layout.slots)]
+
+    def _read_tasks(self) -> list[tuple[int, int]]:
+        """Walk init_task's circular list: (task address, thread.esp) for every task."""
+        init = self.image.symbol("init_task_union").address
+        lay = self.tasks_layout
+        tasks: list[tuple[int, int]] = []
+        task = init
+        while len(tasks) < _MAX_TASKS:
+            next_raw, esp_raw = self.gdb.read_many([(task + lay.next_task, 4), (task + lay.thread_esp, 4)])
+            tasks.append((task, int.from_bytes(esp_raw, "little")))
+            task = int.from_bytes(next_raw, "little")
+            if task == init:
+                return tasks
+        raise RigError(f"the guest's task list did not close after {_MAX_TASKS} tasks",
+                       hint="the guest kernel may be corrupted; reboot it (invoke halt; invoke boot)")
+
+    def _check_repository_reserved(self) -> None:
+        """Refuse to use repository memory the kernel may allocate (guest booted without our memmap)."""
+        e820 = self.image.symbol("e820").address
+        count = int.from_bytes(self.gdb.read_memory(e820, 4), "little")
+        raw = self.gdb.read_memory(e820 + 4, min(count, 32) * _E820_ENTRY.size)
+        low, high = REPOSITORY_PHYS, REPOSITORY_PHYS + REPOSITORY_SIZE
+        for addr, size, kind in _E820_ENTRY.iter_unpack(raw):
+            if kind == _E820_RAM and addr < high and low < addr + size:
+                raise RigError(f"guest RAM {addr:#x}-{addr + size:#x} overlaps the component repository "
+                               f"(physical {low:#x}-{high:#x}): the kernel may allocate it",
+                               hint="boot the guest with the rig (invoke boot), whose mem=exactmap "
+                                    "leaves that range reserved")
+
+    def _install(self) -> Header:
+        self._check_repository_reserved()
+        idt_base = self.image.symbol("idt_table").address
+        table = self.gdb.read_memory(idt_base, 256 * 8)
+        vector = idt.find_free_vector(table, self.image.symbol("ignore_int").address)
+        gate = idt.make_trap_gate(self.layout.handler).encode()
+        self._apply(repository.install_writes(self.layout, vector, idt_base, gate))
+        header = self._read_header()
+        assert header is not None
+        return header
+
+    def snapshot(self, install: bool = True) -> GuestSnapshot:
+        """Read the repository (installing it first if asked and missing) and the task list."""
+        header = self._read_header()
+        if header is None:
+            if not install:
+                raise RigError("no component repository in the guest yet (nothing was spliced since boot)",
+                               hint="splice something first: invoke splice --func NAME")
+            header = self._install()
+        return GuestSnapshot(header=header, slots=self._read_slots(), tasks=self._read_tasks())
+
+    @contextmanager
+    def _stopped(self) -> Iterator[None]:
+        with self.gdb.stopped():
+            yield
+
+    def prep(self, install: bool = True) -> GuestSnapshot:
+        with self._stopped():
+            snap = self.snapshot(install=install)
+        self.last_prep_stall_s = self.gdb.last_stall_s
+        return snap
+
+    # ---- checks inside the splice stop --------------------------------------------------
+    def _stack_words(self, tasks: Sequence[tuple[int, int]]) -> list[tuple[int, str]]:
+        """Every word on every task's kernel stack above its saved esp, plus the vCPU's eip/stack."""
+        size = self.tasks_layout.stack_size
+        regions: list[tuple[int, int, str]] = []
+        for task, esp in tasks:
+            if task < esp < task + size:
+                regions.append((esp & ~3, task + size - (esp & ~3), f"task {task:#x}"))
+        regs = self.gdb.read_registers(["eip", "esp", "cs"])
+        words: list[tuple[int, str]] = [(regs["eip"], "vcpu eip")]
+        if regs["cs"] & 3 == 0:  # in the kernel: its live stack is not in thread.esp
+            esp = regs["esp"] & ~3
+            top = (esp & ~(size - 1)) + size
+            regions.append((esp, top - esp, "vcpu stack"))
+        blobs = self.gdb.read_many([(address, length) for address, length, _ in regions])
+        for (address, _, origin), blob in zip(regions, blobs):
+            for index, (value,) in enumerate(struct.iter_unpack("<I", blob[: len(blob) // 4 * 4])):
+                words.append((value, f"{origin} +{index * 4:#x}"))
+        return words
+
+    def _refuse_if_busy(self, windows: Sequence[ByteRange], gone: Sequence[ByteRange],
+                        tasks: Sequence[tuple[int, int]]) -> None:
+        words = self._stack_words(tasks)
+        hits: list[BusyWord] = busy_words(windows, words) + busy_words(gone, words, allow_first_byte=False)
+        if hits:
+            first = hits[0]
+            raise SpliceRefused("busy", f"the point is busy: {first.origin} holds {first.value:#x}, inside "
+                                f"{first.range.start:#x}+{first.range.length}",
+                                "a task is stopped inside the bytes to rewrite; retry in a moment")
+
+    def _check_expected(self, writes: Sequence[MemoryWrite]) -> None:
+        checked = [w for w in writes if w.expect is not None]
+        found = self.gdb.read_many([(w.address, len(w.expect)) for w in checked])  # type: ignore[arg-type]
+        for write, now in zip(checked, found):
+            if now != write.expect:
+                raise RigError(f"guest memory at {write.address:#x} ({write.role}) is {now.hex()}, expected "
+                               f"{write.expect.hex()}: the running kernel no longer matches vmlinux there",
+                               hint="was it changed behind the rig's back? reboot the guest (invoke halt; "
+                                    "invoke boot) to start from the built kernel")
+
+    def _apply(self, writes: Sequence[MemoryWrite]) -> None:
+        """Checks, then everything but the last write, read back; then the last write, read back."""
+        self._check_expected(writes)
+        *body, last = writes
+        for group in (body, [last]):
+            if not group:
+                continue
+            self.gdb.write_many([(w.address, w.data) for w in group])
+            readback = self.gdb.read_many([(w.address, len(w.data)) for w in group])
+            for write, now in zip(group, readback):
+                if now != write.data:
+                    raise RigError(f"read-back of {write.role} at {write.address:#x} differs from what was "
+                                   "written", hint="the guest memory is not writable there?")
+
+    def check_function_text(self, code: FunctionCode, active: Sequence[SlotRecord]) -> None:
+        """The function's bytes in the guest equal vmlinux's, outside active splice windows."""
+        guest = self.gdb.read_memory(code.start, code.end - code.start)
+        built = self.image.text_bytes(code.start, code.end - code.start)
+        spliced = [ByteRange(r.point, r.window_length) for r in active]
+        for offset, (now, was) in enumerate(zip(guest, built)):
+            address = code.start + offset
+            if now != was and not any(address in window for window in spliced):
+                raise RigError(f"{code.name}+{offset:#x} in the guest is {now:#04x}, vmlinux has {was:#04x}: "
+                               "the running kernel is not the one the rig built",
+                               hint="reboot the guest with the rig's kernel: invoke halt; invoke boot")
+
+    # ---- the operations -------------------------------------------------------------------
+    def resolve_point(self, function: str, offset: int | None = None, address: int | None = None) -> tuple[FunctionCode, int]:
+        symbol = self.image.function(function)
+        code = disassemble_function(self.image, symbol)
+        if address is not None and offset is not None:
+            raise RigError("give --offset or --addr, not both")
+        point = address if address is not None else symbol.address + (offset or 0)
+        if not code.start <= point < code.end:
+            raise SpliceRefused("outside-function", f"{point:#x} is outside {function} "
+                                f"({code.start:#x}-{code.end:#x})", f"offsets run from 0 to {code.end - code.start - 1}")
+        return code, point
+
+    def splice(self, function: str, mode: Mode = Mode.TRAP, policy: Policy = Policy.SINGLE,
+               offset: int | None = None, address: int | None = None,
+               patch_kind: PatchKind = PatchKind.COUNTER, retries: int = 20) -> SpliceResult:
+        code, point = self.resolve_point(function, offset, address)
+        snap = self.prep()
+        records = [record for _, record in snap.active()]
+        slot = self.layout.free_slot(index for index, _ in snap.active())
+        plan = plan_splice(code, point, mode, policy, self.layout, slot, patch_kind=patch_kind,
+                           vector=snap.header.vector, springboard_space=self.image.padding_gaps(),
+                           active=records)
+        patch_area = ByteRange(self.layout.patch_area(slot), repository.PATCH_AREA_SIZE)
+        slot_before = repository.encode_slot(snap.slots[slot])
+        for attempt in range(retries + 1):
+            try:
+                with self._stopped():
+                    self.check_function_text(code, records)
+                    if self.gdb.read_memory(self.layout.slot_record(slot), len(slot_before)) != slot_before:
+                        raise RigError(f"repository slot {slot} changed since it was read",
+                                       hint="is another rig process splicing? retry")
+                    self._refuse_if_busy(plan.busy_ranges, [patch_area], snap.tasks)
+                    self._apply(plan.writes)
+                return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempt, snap.header.vector)
+            except SpliceRefused as refused:
+                if refused.reason != "busy" or attempt == retries:
+                    raise
+        raise AssertionError("unreachable")
+
+    def unsplice(self, slot: int, retries: int = 20) -> UnspliceResult:
+        snap = self.prep(install=False)
+        if not 0 <= slot < len(snap.slots) or not snap.slots[slot].in_use:
+            in_use = ", ".join(str(index) for index, _ in snap.active()) or "none"
+            raise RigError(f"no active splice in slot {slot}", hint=f"active slots: {in_use} (invoke splices)")
+        record = snap.slots[slot]
+        writes = undo_writes(self.layout, slot, record, expect_new=None)
+        window = ByteRange(record.point, record.window_length)
+        for attempt in range(retries + 1):
+            try:
+                with self._stopped():
+                    self._refuse_if_busy([window], [], snap.tasks)
+                    hits = self._read_counter(record)
+                    self._apply_undo(writes, record)
+                break
+            except SpliceRefused as refused:
+                if refused.reason != "busy" or attempt == retries:
+                    raise
+        symbol = self.image.function_at(record.point)
+        return UnspliceResult(slot, symbol.name, record.point, hits, self.gdb.last_stall_s or 0.0)
+
+    def _apply_undo(self, writes: Sequence[MemoryWrite], record: SlotRecord) -> None:
+        """Point first (restoring vmlinux's bytes), then the rest; each read back."""
+        built = self.image.text_bytes(record.point, record.window_length)
+        if built != record.original:
+            raise RigError(f"slot record for {record.point:#x} holds bytes that differ from vmlinux",
+                           hint="the repository is damaged; reboot the guest")
+        point, *rest = writes
+        for group in ([point], rest):
+            if not group:
+                continue
+            self.gdb.write_many([(w.address, w.data) for w in group])
+            readback = self.gdb.read_many([(w.address, len(w.data)) for w in group])
+            if any(now != w.data for w, now in zip(group, readback)):
+                raise RigError("read-back after unsplice differs", hint="reboot the guest")
+
+    def _read_counter(self, record: SlotRecord) -> int:
+        if not record.counter_address:
+            return 0
+        return int.from_bytes(self.gdb.read_memory(record.counter_address, 4), "little")
+
+    def unsplice_all(self) -> list[UnspliceResult]:
+        snap = self.prep(install=False) if self._has_repository() else None
+        if snap is None:
+            return []
+        return [self.unsplice(index) for index, _ in snap.active()]
+
+    def _has_repository(self) -> bool:
+        with self._stopped():
+            return self._read_header() is not None
+
+    def active(self) -> tuple[Header | None, list[ActiveSplice]]:
+        """The repository header and every active splice with its live hit count."""
+        with self._stopped():
+            header = self._read_header()
+            if header is None:
+                return None, []
+            slots = self._read_slots()
+            found = []
+            in_use = [(index, record) for index, record in enumerate(slots) if record.in_use]
+            counters = self.gdb.read_many([(r.counter_address, 4) for _, r in in_use if r.counter_address])
+            counts = iter(counters)
+            for index, record in in_use:
+                hits = int.from_bytes(next(counts), "little") if record.counter_address else 0
+                symbol = self.image.function_at(record.point)
+                found.append(ActiveSplice(index, record, symbol.name, record.point - symbol.address, hits))
+        return header, found
+
+    def counter(self, slot: int) -> int:
+        with self._stopped():
+            record = self._read_slots()[slot]
+            return self._read_counter(record)
+
+    def handler_hits(self) -> int:
+        with self._stopped():
+            return int.from_bytes(self.gdb.read_memory(self.layout.handler_hits, 4), "little")
