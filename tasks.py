@@ -13,6 +13,8 @@ from rig import ui
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.kernel import build as kernel_build
+from rig.splicer.plan import PatchKind
+from rig.splicer.repository import Mode, Policy
 from rig.ui import console, reports_errors
 
 
@@ -129,3 +131,59 @@ def _prompt() -> str | None:
         return input("guest> ").strip() or None
     except EOFError:
         return None
+
+
+def _int(text: str | None) -> int | None:
+    return int(text, 0) if text is not None else None
+
+
+@task(help={"func": "kernel function to splice (e.g. tcp_sync_mss)",
+            "offset": "byte offset of the instrumentation point in the function (default 0)",
+            "addr": "absolute address of the point instead of --offset",
+            "mode": "trap (int $n, 2 bytes) | jmp (jmp rel32, or jmp rel8 hops via springboards)",
+            "policy": "auto (single where the instruction fits the branch, else displace; default) | single "
+                      "(overwrite only the instruction at the point) | displace (whole instructions)",
+            "probe": "counter (count hits; default) | empty (only the displaced code: bare branch cost)"})
+@reports_errors
+def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe="counter"):
+    """Splice a probe into the running kernel at FUNC[+OFFSET] (boots a guest if none runs)."""
+    mode_, kind = _choice(Mode, mode, "mode"), _choice(PatchKind, probe, "probe")
+    policy_ = None if policy == "auto" else _choice(Policy, policy, "policy")
+    with lifecycle.instrumenter() as (_, manager):
+        result = manager.splice(func, mode=mode_, policy=policy_, offset=_int(offset), address=_int(addr),
+                                patch_kind=kind)
+    for table in ui.splice_tables(result):
+        console.print(table)
+
+
+def _choice(enum_type, value: str, what: str):
+    names = {member.name.lower(): member for member in enum_type}
+    names.update({str(member.value): member for member in enum_type if isinstance(member.value, str)})
+    if value.lower() not in names:
+        raise RigError(f"unknown --{what} '{value}'", hint=f"one of: {', '.join(sorted(n for n in names if not n.isdigit()))}")
+    return names[value.lower()]
+
+
+@task(help={"id": "splice id (slot) from `invoke splices`", "all": "undo every active splice"})
+@reports_errors
+def unsplice(c, id=None, all=False):
+    """Undo a splice: the original kernel bytes come back exactly."""
+    if id is None and not all:
+        raise RigError("say which splice to undo", hint="invoke unsplice ID (see invoke splices) or --all")
+    with lifecycle.instrumenter(start=False) as (_, manager):
+        done = manager.unsplice_all() if all else [manager.unsplice(int(id))]
+    for result in done:
+        console.print(f"unspliced {result.slot}: {result.function} at {result.point:#010x} "
+                      f"({result.hits} hits, stall {result.stall_s * 1000:.2f} ms); text equals vmlinux again")
+    if not done:
+        console.print("nothing was spliced")
+
+
+@task
+@reports_errors
+def splices(c):
+    """List active splices with their hit counters, read live from the guest."""
+    with lifecycle.instrumenter(start=False) as (_, manager):
+        header, active = manager.active()
+        hits = manager.handler_hits() if header else None
+    console.print(ui.splices_table(header, active, hits))

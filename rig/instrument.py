@@ -248,16 +248,14 @@ class Instrumenter:
                                 f"({code.start:#x}-{code.end:#x})", f"offsets run from 0 to {code.end - code.start - 1}")
         return code, point
 
-    def splice(self, function: str, mode: Mode = Mode.TRAP, policy: Policy = Policy.SINGLE,
+    def splice(self, function: str, mode: Mode = Mode.TRAP, policy: Policy | None = None,
                offset: int | None = None, address: int | None = None,
                patch_kind: PatchKind = PatchKind.COUNTER, retries: int = 20) -> SpliceResult:
         code, point = self.resolve_point(function, offset, address)
         snap = self.prep()
         records = [record for _, record in snap.active()]
         slot = self.layout.free_slot(index for index, _ in snap.active())
-        plan = plan_splice(code, point, mode, policy, self.layout, slot, patch_kind=patch_kind,
-                           vector=snap.header.vector, springboard_space=self.image.padding_gaps(),
-                           active=records)
+        plan = self._plan(code, point, mode, policy, slot, patch_kind, snap.header.vector, records)
         patch_area = ByteRange(self.layout.patch_area(slot), repository.PATCH_AREA_SIZE)
         slot_before = repository.encode_slot(snap.slots[slot])
         for attempt in range(retries + 1):
@@ -274,6 +272,22 @@ class Instrumenter:
                 if refused.reason != "busy" or attempt == retries:
                     raise
         raise AssertionError("unreachable")
+
+    def _plan(self, code: FunctionCode, point: int, mode: Mode, policy: Policy | None, slot: int,
+              patch_kind: PatchKind, vector: int, active: Sequence[SlotRecord]) -> SplicePlan:
+        """``policy=None`` is "auto": the paper's single-instruction splice where the instruction at
+        the point is long enough for the branch, else displace whole instructions."""
+        def make(chosen: Policy) -> SplicePlan:
+            return plan_splice(code, point, mode, chosen, self.layout, slot, patch_kind=patch_kind, vector=vector,
+                               springboard_space=self.image.padding_gaps(), active=active)
+        if policy is not None:
+            return make(policy)
+        try:
+            return make(Policy.SINGLE)
+        except SpliceRefused as refused:
+            if refused.reason != "too-short":
+                raise
+            return make(Policy.DISPLACE)
 
     def unsplice(self, slot: int, retries: int = 20) -> UnspliceResult:
         snap = self.prep(install=False)
@@ -351,3 +365,12 @@ class Instrumenter:
     def handler_hits(self) -> int:
         with self._stopped():
             return int.from_bytes(self.gdb.read_memory(self.layout.handler_hits, 4), "little")
+
+
+@contextmanager
+def connect(gdb_socket: Path, kernel: KernelBuild) -> Iterator[Instrumenter]:
+    """gdb attached to a running guest's stub, the guest left running; detached on exit."""
+    with GdbSession(vmlinux=kernel.vmlinux) as gdb:
+        gdb.attach(gdb_socket)  # QEMU stops the guest on connect: let it run again at once
+        gdb.cont()
+        yield Instrumenter(gdb, kernel)

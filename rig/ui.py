@@ -4,15 +4,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from invoke.exceptions import Exit
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from rig.errors import RigError
 from rig.kernel.build import STEPS
+
+if TYPE_CHECKING:
+    from rig.instrument import ActiveSplice, SpliceResult
+    from rig.splicer.repository import Header
 
 console = Console(highlight=False)
 P = ParamSpec("P")
@@ -59,4 +64,45 @@ def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
     table.add_column()
     for key, value in rows:
         table.add_row(key, value)
+    return table
+
+
+def splice_tables(result: "SpliceResult") -> list[Table]:
+    """The plan of an applied splice: disassembly before/after, the writes, the route."""
+    plan = result.plan
+    route = "trap gate, no jumps" if plan.trap_return is not None else (
+        f"{plan.hops} jmp(s) through {len(plan.springboards)} springboard(s)" if plan.springboards
+        else "1 jmp rel32")
+    overview = key_value_table(f"spliced {plan.function}+{plan.point - plan.window.start:#x}".replace("+0x0", ""), [
+        ("point", f"{plan.point:#010x} ({plan.mode.name.lower()}, policy {plan.policy.name.lower()})"),
+        ("window", f"{plan.window.length} byte(s) replaced, resumes at {plan.window.end:#010x}"),
+        ("route", route + (f", vector {result.vector:#x}" if plan.trap_return is not None else "")),
+        ("repository slot", f"{plan.slot}, patch at {plan.patch_address:#010x}"),
+        ("hit counter", f"{plan.counter_address:#010x}" if plan.counter_address else "none"),
+        ("guest stall", f"{result.stall_s * 1000:.2f} ms (host-timed stop→continue"
+                        f"{f', {result.busy_retries} busy retries' if result.busy_retries else ''})"),
+    ])
+    code = Table(title="code", title_justify="left")
+    code.add_column("before (vmlinux)", style="dim")
+    code.add_column("after (guest)")
+    code.add_row(Text(plan.before), Text(plan.after))  # Text: "[esp + 0xc]" is not rich markup
+    writes = Table(title="writes, in the order applied", title_justify="left")
+    for column in ("#", "role", "address", "bytes"):
+        writes.add_column(column)
+    for index, write in enumerate(plan.writes, start=1):
+        shown = write.data.hex(" ") if len(write.data) <= 16 else f"{write.data[:12].hex(' ')} … ({len(write.data)} B)"
+        writes.add_row(str(index), write.role, f"{write.address:#010x}", shown)
+    return [overview, code, writes]
+
+
+def splices_table(header: "Header | None", active: "list[ActiveSplice]", handler_hits: int | None) -> Table:
+    title = "active splices" if header else "no component repository yet (nothing spliced since boot)"
+    if header is not None:
+        title += f" — trap vector {header.vector:#x}, handler hits {handler_hits}"
+    table = Table(title=title, title_justify="left")
+    for column in ("id", "function", "point", "mode", "window", "hops", "hits"):
+        table.add_column(column, justify="right" if column in ("id", "window", "hops", "hits") else "left")
+    for splice in active:
+        table.add_row(str(splice.slot), f"{splice.function}+{splice.offset:#x}", f"{splice.record.point:#010x}",
+                      splice.mode, str(splice.record.window_length), str(splice.record.hops), str(splice.hits))
     return table

@@ -7,15 +7,18 @@ build and clock it runs with.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rig import paths
+from rig import instrument, paths
 from rig.errors import RigError
 from rig.guest import accel as accel_mod
 from rig.guest.accel import Clock
 from rig.guest.initrd import build_initrd
+from rig.instrument import Instrumenter
 from rig.guest.machine import BootInfo, MachineConfig, QemuMachine, pid_is_qemu
 from rig.kernel.build import KernelBuild, Progress, ensure_kernel
 
@@ -117,6 +120,18 @@ def attach() -> tuple[GuestState, QemuMachine]:
     if state is None:
         raise RigError("no guest is running", hint="start one with: invoke boot")
     return state, QemuMachine.attach(state.machine_config(), state.pid)
+
+
+@contextmanager
+def instrumenter(start: bool = True) -> Iterator[tuple[GuestState, Instrumenter]]:
+    """The running guest (booted first if ``start`` and none runs) with gdb attached to it."""
+    state = running()
+    if state is None:
+        if not start:
+            raise RigError("no guest is running", hint="start one with: invoke boot")
+        state, _ = boot_background(prepare())
+    with instrument.connect(Path(state.run_dir) / "gdb.sock", state.kernel) as manager:
+        yield state, manager
 
 
 def halt() -> GuestState | None:
