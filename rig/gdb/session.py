@@ -18,6 +18,7 @@ from types import TracebackType
 
 from rig import tools
 from rig.errors import RigError
+from rig.gdb.batch import Batch
 from rig.gdb.mi import GdbCommandError, GdbDied, GdbTimeout, MiChannel, MiResult, mi_quote
 from rig.gdb.stub import StubAddress
 
@@ -295,18 +296,26 @@ class GdbSession:
 
     # --- memory --------------------------------------------------------------
 
+    def batch(self) -> Batch:
+        """Queue reads, writes and register reads; ``run()`` sends them as one pipeline."""
+        return Batch(self)
+
+    def require_stopped(self, action: str) -> None:
+        self._require_attached(action)
+        if not self.is_stopped:
+            raise RigError(f"cannot {action} while the guest runs",
+                           hint="use 'with gdb.stopped():' or call interrupt() first")
+
     def read_memory(self, address: int, length: int) -> bytes:
         """``length`` bytes of guest memory at (virtual) ``address``."""
         return self.read_many([(address, length)])[0]
 
     def read_many(self, regions: Sequence[tuple[int, int]]) -> list[bytes]:
         """Read several regions with all requests in flight at once."""
-        for address, length in regions:
-            _check_region(address, length)
-        commands = [f"-data-read-memory-bytes {address:#x} {length}" for address, length in regions]
-        results = self._memory_commands(commands, "read")
-        return [_contents(result, address, length)
-                for result, (address, length) in zip(results, regions)]
+        batch = self.batch()
+        pending = [batch.read(address, length) for address, length in regions]
+        batch.run()
+        return [p.value for p in pending]
 
     def write_memory(self, address: int, data: bytes) -> None:
         """Write ``data`` into guest memory at (virtual) ``address``."""
@@ -314,21 +323,10 @@ class GdbSession:
 
     def write_many(self, writes: Sequence[tuple[int, bytes]]) -> None:
         """Several writes, all sent before the first answer is read; applied in order."""
+        batch = self.batch()
         for address, data in writes:
-            _check_region(address, len(data))
-        commands = [f"-data-write-memory-bytes {address:#x} {bytes(data).hex()}" for address, data in writes]
-        self._memory_commands(commands, "write")
-
-    def _memory_commands(self, commands: list[str], verb: str) -> list[MiResult]:
-        self._require_attached(f"{verb} guest memory")
-        if not self.is_stopped:
-            raise RigError(f"cannot {verb} guest memory while the guest runs",
-                           hint="use 'with gdb.stopped():' or call interrupt() first")
-        try:
-            return self.commands(commands)
-        except GdbCommandError as error:
-            raise GdbCommandError(error.command, error.gdb_message,
-                                  hint="the address is not mapped in the guest right now") from error
+            batch.write(address, data)
+        batch.run()
 
     # --- registers and symbols -----------------------------------------------
 
@@ -346,21 +344,11 @@ class GdbSession:
         """
         self._require_attached("read registers")
         all_names = self.register_names()
-        if names is None:
-            numbers = [number for number, name in enumerate(all_names) if name]
-        else:
-            unknown = [name for name in names if name not in all_names]
-            if unknown:
-                raise RigError(f"the target has no register(s) {', '.join(unknown)}",
-                               hint=f"known: {', '.join(n for n in all_names if n)}")
-            numbers = [all_names.index(name) for name in names]
-        result = self.command("-data-list-register-values x " + " ".join(map(str, numbers)))
-        registers: dict[str, int] = {}
-        for entry in result.payload.get("register-values", []):
-            value = str(entry.get("value", ""))
-            if _HEX_RE.fullmatch(value):
-                registers[all_names[int(entry["number"])]] = int(value, 16)
-        return registers
+        wanted = [name for name in all_names if name] if names is None else list(names)
+        batch = self.batch()
+        pending = batch.registers(wanted)
+        batch.run()
+        return pending.value
 
     def symbol_address(self, name: str) -> int | None:
         """The address of a kernel symbol from the loaded vmlinux, or None if it has none."""
@@ -375,28 +363,6 @@ class GdbSession:
         # e.g. '(<text variable, no debug info> *) 0xc01f9c70 <tcp_sync_mss>'
         match = _HEX_RE.search(str(result.payload.get("value", "")))
         return int(match.group(0), 16) if match else None
-
-
-def _check_region(address: int, length: int) -> None:
-    if address < 0 or length <= 0 or address + length > 1 << 32:
-        raise ValueError(f"bad guest memory region {address:#x}+{length}")
-
-
-def _contents(result: MiResult, address: int, length: int) -> bytes:
-    """Join the blocks of a -data-read-memory-bytes answer; insist on all ``length`` bytes."""
-    data = bytearray()
-    expected = address
-    for block in result.payload.get("memory", []):
-        begin = int(str(block["begin"]), 16) + int(str(block.get("offset", "0x0")), 16)
-        if begin != expected:
-            break
-        chunk = bytes.fromhex(str(block["contents"]))
-        data += chunk
-        expected += len(chunk)
-    if len(data) != length:
-        raise GdbCommandError(result.command, f"only {len(data)} of {length} bytes at {address:#x} are readable",
-                              hint="part of the region is not mapped in the guest right now")
-    return bytes(data)
 
 
 __all__ = ["GdbSession", "GdbCommandError", "GdbTimeout", "GdbDied", "StubAddress"]

@@ -1,0 +1,123 @@
+"""Several gdb/MI requests sent as one pipeline: the guest's stop window pays one round trip.
+
+Reads, writes and register reads are queued, then :meth:`Batch.run` sends every command
+before reading the first answer (gdb executes them in order, so a read queued after a write
+sees the written bytes).  Each queued read returns a :class:`Pending` that holds its value
+once the batch has run.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from rig.errors import RigError
+from rig.gdb.mi import GdbCommandError, MiResult
+
+if TYPE_CHECKING:
+    from rig.gdb.session import GdbSession
+
+T = TypeVar("T")
+_HEX_RE = re.compile(r"0x[0-9a-fA-F]+")
+
+
+@dataclass
+class Pending(Generic[T]):
+    """The answer to one queued request, available after ``Batch.run()``."""
+
+    _value: T | None = None
+    _done: bool = False
+
+    @property
+    def value(self) -> T:
+        if not self._done:
+            raise RuntimeError("the batch has not run yet")
+        return self._value  # type: ignore[return-value]
+
+    def _set(self, value: T) -> None:
+        self._value, self._done = value, True
+
+
+@dataclass
+class Batch:
+    session: "GdbSession"
+    _commands: list[str] = field(default_factory=list)
+    _finishers: list[Callable[[MiResult], None]] = field(default_factory=list)
+
+    def read(self, address: int, length: int) -> Pending[bytes]:
+        check_region(address, length)
+        pending: Pending[bytes] = Pending()
+        self._queue(f"-data-read-memory-bytes {address:#x} {length}",
+                    lambda result: pending._set(memory_contents(result, address, length)))
+        return pending
+
+    def write(self, address: int, data: bytes) -> None:
+        check_region(address, len(data))
+        self._queue(f"-data-write-memory-bytes {address:#x} {bytes(data).hex()}", lambda result: None)
+
+    def registers(self, names: Sequence[str]) -> Pending[dict[str, int]]:
+        """Integer registers by name (names must exist on the target: see GdbSession.register_names)."""
+        all_names = self.session.register_names()
+        unknown = [name for name in names if name not in all_names]
+        if unknown:
+            raise RigError(f"the target has no register(s) {', '.join(unknown)}",
+                           hint=f"known: {', '.join(n for n in all_names if n)}")
+        numbers = " ".join(str(all_names.index(name)) for name in names)
+        pending: Pending[dict[str, int]] = Pending()
+        self._queue(f"-data-list-register-values x {numbers}",
+                    lambda result: pending._set(register_values(result, all_names)))
+        return pending
+
+    def _queue(self, command: str, finish: Callable[[MiResult], None]) -> None:
+        self._commands.append(command)
+        self._finishers.append(finish)
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    def run(self) -> None:
+        """Send everything, then collect every answer (raises on the first gdb error)."""
+        commands, finishers = self._commands, self._finishers
+        self._commands, self._finishers = [], []
+        if not commands:
+            return
+        self.session.require_stopped(f"run {len(commands)} memory/register request(s)")
+        try:
+            results = self.session.commands(commands)
+        except GdbCommandError as error:
+            raise GdbCommandError(error.command, error.gdb_message,
+                                  hint="the address is not mapped in the guest right now") from error
+        for finish, result in zip(finishers, results):
+            finish(result)
+
+
+def check_region(address: int, length: int) -> None:
+    if address < 0 or length <= 0 or address + length > 1 << 32:
+        raise ValueError(f"bad guest memory region {address:#x}+{length}")
+
+
+def memory_contents(result: MiResult, address: int, length: int) -> bytes:
+    """Join the blocks of a -data-read-memory-bytes answer; insist on all ``length`` bytes."""
+    data = bytearray()
+    expected = address
+    for block in result.payload.get("memory", []):
+        begin = int(str(block["begin"]), 16) + int(str(block.get("offset", "0x0")), 16)
+        if begin != expected:
+            break
+        chunk = bytes.fromhex(str(block["contents"]))
+        data += chunk
+        expected += len(chunk)
+    if len(data) != length:
+        raise GdbCommandError(result.command, f"only {len(data)} of {length} bytes at {address:#x} are readable",
+                              hint="part of the region is not mapped in the guest right now")
+    return bytes(data)
+
+
+def register_values(result: MiResult, all_names: Sequence[str]) -> dict[str, int]:
+    registers: dict[str, int] = {}
+    for entry in result.payload.get("register-values", []):
+        value = str(entry.get("value", ""))
+        if _HEX_RE.fullmatch(value):
+            registers[all_names[int(entry["number"])]] = int(value, 16)
+    return registers
