@@ -9,16 +9,15 @@ object's data (no guessing, no hard-coded offsets).
 from __future__ import annotations
 
 import json
-import shlex
 import struct
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
 from rig.errors import RigError
-from rig.kernel.build import KernelBuild, Toolchain
+from rig.kernel.build import KernelBuild
+from rig.kernel.cflags import compile_object
 
 _FIELDS = ("next_task", "pid", "state", "comm", "thread_esp", "thread_eip", "stack_size")
 _SOURCE = """
@@ -61,10 +60,8 @@ def _compile_layout(kernel: KernelBuild) -> TaskLayout:
     work.mkdir(exist_ok=True)
     source, obj = work / "layout.c", work / "layout.o"
     source.write_text(_SOURCE)
-    argv = [*shlex.split(Toolchain.load().cc), "-D__KERNEL__", "-I", str(kernel.tree / "include"),
-            "-O2", "-w", "-c", "-o", str(obj), str(source)]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
+    done = compile_object(kernel, source, obj, extra=["-w"])
+    if not done.ok:
         raise RigError(f"cannot compute task_struct offsets against the kernel headers:\n{done.stderr[-1500:]}",
                        hint=f"the kernel tree at {kernel.tree} may be incomplete; rebuild with: invoke kernel")
     with obj.open("rb") as handle:
