@@ -30,6 +30,7 @@ FILLER = 0xCC       # window bytes after the branch: int3, so a stray jump there
 class PatchKind(enum.Enum):
     COUNTER = "counter"  # pushfd; inc dword [counter]; popfd; <displaced>; jmp back
     EMPTY = "empty"      # <displaced>; jmp back (for measuring the bare branch cost)
+    CALL = "call"        # pushfd; pushad; call <call_target>; popad; popfd; <displaced>; jmp back
 
 
 class SpliceRefused(RigError):
@@ -83,15 +84,25 @@ class SplicePlan:
 
 def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layout: RepositoryLayout,
                 slot: int, patch_kind: PatchKind = PatchKind.COUNTER, vector: int | None = None,
-                springboard_space: Sequence[ByteRange] = (), active: Sequence[SlotRecord] = ()) -> SplicePlan:
+                springboard_space: Sequence[ByteRange] = (), active: Sequence[SlotRecord] = (),
+                springboards: int | None = None, call_target: int | None = None) -> SplicePlan:
     """Plan one splice. ``springboard_space``: free padding (``image.padding_gaps()``);
-    ``active``: slot records already in the guest (to refuse overlaps and shared bytes)."""
+    ``active``: slot records already in the guest (to refuse overlaps and shared bytes).
+    ``springboards`` (jmp mode): force a chain of exactly that many springboards (0: a direct
+    jmp rel32 or nothing) even where a shorter route or a rel32 fits -- for measuring chains.
+    ``call_target`` (PatchKind.CALL): the routine the patch calls with all registers saved."""
     if mode is Mode.INT3:
         raise SpliceRefused("mode-unsupported", "int3 splicing is not supported",
                             "vector 3 is the kernel's debug trap; use --mode trap (int $n) or jmp")
     if mode is Mode.TRAP and vector is None:
         raise SpliceRefused("no-vector", "a trap splice needs the IDT vector of the installed handler",
                             "install the repository first; it picks a free vector")
+    if springboards is not None and (mode is not Mode.JMP or not 0 <= springboards <= MAX_SPRINGBOARDS):
+        raise SpliceRefused("bad-springboards", f"springboards={springboards} with {mode.name.lower()} mode",
+                            f"a forced chain needs jmp mode and 0..{MAX_SPRINGBOARDS} springboards")
+    if (patch_kind is PatchKind.CALL) != (call_target is not None):
+        raise SpliceRefused("bad-call-target", "PatchKind.CALL needs a call_target, and only it takes one",
+                            "pass both, or neither")
     _check_not_spliced(code, point, slot, layout, active)
     if not code.is_boundary(point):
         raise SpliceRefused("not-boundary", f"{point:#x} is not the start of an instruction in {code.name}",
@@ -105,12 +116,12 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
         route: list[sb.Hop] = []
         branch = bytes([0xCD, vector & 0xFF])
     else:
-        window, route, branch = _jmp_window(code, point, policy, layout.patch_code(slot), free)
+        window, route, branch = _jmp_window(code, point, policy, layout.patch_code(slot), free, springboards)
 
     instructions = [i for i in code.instructions if window.start <= i.address < window.end]
     patch_address = layout.patch_code(slot)
     counter = layout.counter(slot) if patch_kind is PatchKind.COUNTER else None
-    patch_code = _build_patch(instructions, window.end, patch_address, counter)
+    patch_code = _build_patch(instructions, window.end, patch_address, counter, call_target)
     if len(patch_code) > PATCH_AREA_SIZE - PATCH_CODE_OFFSET:
         raise SpliceRefused("patch-too-large", f"the patch needs {len(patch_code)} bytes",
                             f"patch areas hold {PATCH_AREA_SIZE - PATCH_CODE_OFFSET}; splice a shorter window")
@@ -201,8 +212,19 @@ def _choose_window(code: FunctionCode, point: int, need: int, policy: Policy) ->
     return ByteRange(point, length)
 
 
-def _jmp_window(code: FunctionCode, point: int, policy: Policy, patch: int,
-                free: Sequence[ByteRange]) -> tuple[ByteRange, list[sb.Hop], bytes]:
+def _jmp_window(code: FunctionCode, point: int, policy: Policy, patch: int, free: Sequence[ByteRange],
+                springboards: int | None = None) -> tuple[ByteRange, list[sb.Hop], bytes]:
+    if springboards == 0:
+        window = _choose_window(code, point, REL32_SIZE, policy)
+        return window, [], _jmp(point, patch, REL32_SIZE)
+    if springboards is not None:
+        window = _choose_window(code, point, sb.REL8_SIZE, policy)
+        route = sb.find_route_exact(point, free, springboards)
+        if route is None:
+            raise SpliceRefused("no-springboard-route", f"no chain of exactly {springboards} springboard(s) "
+                                f"through free padding is reachable from {point:#x}",
+                                "ask for fewer springboards, or pick another point")
+        return window, route, _jmp(point, route[0].address, sb.REL8_SIZE)
     try:
         window = _choose_window(code, point, REL32_SIZE, policy)
         return window, [], _jmp(point, patch, REL32_SIZE)
@@ -266,7 +288,8 @@ def _jmp(at: int, target: int, size: int) -> bytes:
     return data
 
 
-def _build_patch(instructions: list[Instruction], resume: int, address: int, counter: int | None) -> bytes:
+def _build_patch(instructions: list[Instruction], resume: int, address: int, counter: int | None,
+                 call_target: int | None = None) -> bytes:
     """Probe, then the displaced instructions re-encoded for the patch address, then jmp back.
 
     iced's BlockEncoder re-targets relative branches/calls to their original absolute targets and
@@ -279,6 +302,14 @@ def _build_patch(instructions: list[Instruction], resume: int, address: int, cou
         body += [
             ix.Instruction.create(ix.Code.PUSHFD),  # flags may be live mid-function
             ix.Instruction.create_mem(ix.Code.INC_RM32, ix.MemoryOperand(displ=counter, displ_size=4)),
+            ix.Instruction.create(ix.Code.POPFD),
+        ]
+    if call_target is not None:  # the routine may clobber anything: save all (flags may be live)
+        body += [
+            ix.Instruction.create(ix.Code.PUSHFD),
+            ix.Instruction.create(ix.Code.PUSHAD),
+            ix.Instruction.create_branch(ix.Code.CALL_REL32_32, call_target),
+            ix.Instruction.create(ix.Code.POPAD),
             ix.Instruction.create(ix.Code.POPFD),
         ]
     for label, insn in enumerate(instructions, start=1):

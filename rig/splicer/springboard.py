@@ -91,3 +91,40 @@ def _reachable(free: Sequence[ByteRange], starts: list[int], low: int, high: int
         if rng.end > low:
             out.append((index, rng))
     return out
+
+
+def find_route_exact(source: int, free: Sequence[ByteRange], springboards: int) -> list[Hop] | None:
+    """A route of exactly ``springboards`` hops after the rel8 at ``source``, or None.
+
+    The first ``springboards - 1`` hops are jmp rel8, the last a jmp rel32; no two hops share a
+    free range. Used to measure chains of a chosen length even where a shorter one exists.
+    Depth-first over the few ranges a rel8 reaches (at most 255 bytes), trying each range's
+    near and far end, so the search stays small.
+    """
+    if springboards < 1:
+        raise ValueError("a route has at least one springboard")
+    starts = [r.start for r in free]
+    failed: set[tuple[int, int]] = set()  # (jump address, springboards still to place)
+
+    def search(jump_at: int, left: int, used: frozenset[int]) -> list[Hop] | None:
+        if (jump_at, left) in failed:
+            return None
+        origin = jump_at + REL8_SIZE
+        low, high = origin + REL8_MIN, origin + REL8_MAX
+        for index, rng in _reachable(free, starts, low, high):
+            if index in used:
+                continue
+            if left == 1:
+                spot = max(rng.start, low)
+                if spot <= high and spot + REL32_SIZE <= rng.end:
+                    return [Hop(spot, True)]
+                continue
+            for spot in sorted({max(rng.start, low), min(rng.end - REL8_SIZE, high)}):
+                if rng.start <= spot <= rng.end - REL8_SIZE and low <= spot <= high:
+                    rest = search(spot, left - 1, used | {index})
+                    if rest is not None:
+                        return [Hop(spot, False), *rest]
+        failed.add((jump_at, left))
+        return None
+
+    return search(source, springboards, frozenset())
