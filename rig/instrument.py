@@ -250,12 +250,15 @@ class Instrumenter:
 
     def splice(self, function: str, mode: Mode = Mode.TRAP, policy: Policy | None = None,
                offset: int | None = None, address: int | None = None,
-               patch_kind: PatchKind = PatchKind.COUNTER, retries: int = 20) -> SpliceResult:
+               patch_kind: PatchKind = PatchKind.COUNTER, retries: int = 20,
+               springboards: int | None = None, call_target: int | None = None) -> SpliceResult:
+        """``springboards``/``call_target``: see :func:`rig.splicer.plan.plan_splice` (benchmarks)."""
         code, point = self.resolve_point(function, offset, address)
         snap = self.prep()
         records = [record for _, record in snap.active()]
         slot = self.layout.free_slot(index for index, _ in snap.active())
-        plan = self._plan(code, point, mode, policy, slot, patch_kind, snap.header.vector, records)
+        plan = self._plan(code, point, mode, policy, slot, patch_kind, snap.header.vector, records,
+                          springboards=springboards, call_target=call_target)
         patch_area = ByteRange(self.layout.patch_area(slot), repository.PATCH_AREA_SIZE)
         slot_before = repository.encode_slot(snap.slots[slot])
         for attempt in range(retries + 1):
@@ -274,12 +277,14 @@ class Instrumenter:
         raise AssertionError("unreachable")
 
     def _plan(self, code: FunctionCode, point: int, mode: Mode, policy: Policy | None, slot: int,
-              patch_kind: PatchKind, vector: int, active: Sequence[SlotRecord]) -> SplicePlan:
+              patch_kind: PatchKind, vector: int, active: Sequence[SlotRecord],
+              springboards: int | None = None, call_target: int | None = None) -> SplicePlan:
         """``policy=None`` is "auto": the paper's single-instruction splice where the instruction at
         the point is long enough for the branch, else displace whole instructions."""
         def make(chosen: Policy) -> SplicePlan:
             return plan_splice(code, point, mode, chosen, self.layout, slot, patch_kind=patch_kind, vector=vector,
-                               springboard_space=self.image.padding_gaps(), active=active)
+                               springboard_space=self.image.padding_gaps(), active=active,
+                               springboards=springboards, call_target=call_target)
         if policy is not None:
             return make(policy)
         try:
