@@ -12,6 +12,8 @@ not a host-side file, is the record of what is spliced:
                  key FREE_KEY marks a released slot (kept so later entries stay reachable)
     base+0x1000  slot table: one SLOT_RECORD_SIZE record per slot
     base+0x10000 patch areas: PATCH_AREA_SIZE each; hit counter at +0, code at +PATCH_CODE_OFFSET
+    base+0x20000 bench scratch (BENCH_SCRATCH_*): the benchmarks' floor code and samples, never
+                 used by splices; rig.bench lays it out and clears it after a run
 
 The header keeps no "slots in use" count: it would duplicate the in-use flags of the slot
 records and could go stale if an apply is interrupted; count in-use records instead.
@@ -47,6 +49,8 @@ FREE_KEY = 0xFFFFFFFF
 MAX_ORIGINAL = 16
 MAX_SPRINGBOARDS = 6
 SPRINGBOARD_MAX_BYTES = 7
+BENCH_SCRATCH_OFFSET = 0x20000   # after the patch areas of DEFAULT_SLOTS slots
+BENCH_SCRATCH_SIZE = 0x100000
 
 _HEADER = struct.Struct("<8sIIIIIIIIII")
 HEADER_HITS_OFFSET = 8 + 4 * 4  # magic, version, size, vector, handler -> hits
@@ -143,6 +147,15 @@ class RepositoryLayout:
 
     def patch_code(self, slot: int) -> int:
         return self.patch_area(slot) + PATCH_CODE_OFFSET
+
+    @property
+    def bench_scratch(self) -> int:
+        """Start of the region the benchmarks own (floor code, sample arrays)."""
+        if self.patch_area(self.slots) > self.base + BENCH_SCRATCH_OFFSET \
+                or BENCH_SCRATCH_OFFSET + BENCH_SCRATCH_SIZE > self.size:
+            raise RigError("the bench scratch region overlaps the patch areas or leaves the repository",
+                           "use the default repository layout for benchmarks")
+        return self.base + BENCH_SCRATCH_OFFSET
 
     def contains(self, address: int) -> bool:
         return self.base <= address < self.base + self.size
