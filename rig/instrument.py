@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 
 from rig.errors import RigError
+from rig.gdb.batch import Batch, Pending
 from rig.gdb.session import GdbSession
 from rig.guest.kernel_layout import TaskLayout, task_layout
 from rig.guest.machine import REPOSITORY_PHYS, REPOSITORY_SIZE
@@ -171,28 +172,33 @@ class Instrumenter:
         return snap
 
     # ---- checks inside the splice stop --------------------------------------------------
-    def _stack_words(self, tasks: Sequence[tuple[int, int]]) -> list[tuple[int, str]]:
-        """Every word on every task's kernel stack above its saved esp, plus the vCPU's eip/stack."""
+    def _queue_stacks(self, batch: Batch, tasks: Sequence[tuple[int, int]]) -> list[tuple[int, int, Pending[bytes]]]:
+        """Queue reads of every task's kernel stack above its saved esp: (task, from, bytes)."""
         size = self.tasks_layout.stack_size
-        regions: list[tuple[int, int, str]] = []
-        for task, esp in tasks:
-            if task < esp < task + size:
-                regions.append((esp & ~3, task + size - (esp & ~3), f"task {task:#x}"))
-        regs = self.gdb.read_registers(["eip", "esp", "cs"])
-        words: list[tuple[int, str]] = [(regs["eip"], "vcpu eip")]
-        if regs["cs"] & 3 == 0:  # in the kernel: its live stack is not in thread.esp
-            esp = regs["esp"] & ~3
-            top = (esp & ~(size - 1)) + size
-            regions.append((esp, top - esp, "vcpu stack"))
-        blobs = self.gdb.read_many([(address, length) for address, length, _ in regions])
-        for (address, _, origin), blob in zip(regions, blobs):
-            for index, (value,) in enumerate(struct.iter_unpack("<I", blob[: len(blob) // 4 * 4])):
-                words.append((value, f"{origin} +{index * 4:#x}"))
+        return [(task, esp & ~3, batch.read(esp & ~3, task + size - (esp & ~3)))
+                for task, esp in tasks if task < esp < task + size]
+
+    def _busy_words(self, stacks: Sequence[tuple[int, int, Pending[bytes]]],
+                    registers: dict[str, int]) -> list[tuple[int, str]]:
+        """Stack words of every task plus the vCPU's eip and, in the kernel, its live stack."""
+        blobs = [(f"task {task:#x}", pending.value) for task, _, pending in stacks]
+        if registers["cs"] & 3 == 0:  # in the kernel: the running task's live stack is not at thread.esp
+            esp = registers["esp"] & ~3
+            size = self.tasks_layout.stack_size
+            task, top = esp & ~(size - 1), (esp & ~(size - 1)) + size
+            # Usually already read: the live stack is shallower than at the task's last switch.
+            read_from = {t: start for t, start, _ in stacks}.get(task)
+            if read_from is None or esp < read_from:
+                blobs.append(("vcpu stack", self.gdb.read_memory(esp, top - esp)))
+        words: list[tuple[int, str]] = [(registers["eip"], "vcpu eip")]
+        for origin, blob in blobs:
+            words += [(value, f"{origin} +{index * 4:#x}")
+                      for index, (value,) in enumerate(struct.iter_unpack("<I", blob[: len(blob) // 4 * 4]))]
         return words
 
-    def _refuse_if_busy(self, windows: Sequence[ByteRange], gone: Sequence[ByteRange],
-                        tasks: Sequence[tuple[int, int]]) -> None:
-        words = self._stack_words(tasks)
+    @staticmethod
+    def _refuse_if_busy(windows: Sequence[ByteRange], gone: Sequence[ByteRange],
+                        words: Sequence[tuple[int, str]]) -> None:
         hits: list[BusyWord] = busy_words(windows, words) + busy_words(gone, words, allow_first_byte=False)
         if hits:
             first = hits[0]
@@ -200,33 +206,46 @@ class Instrumenter:
                                 f"{first.range.start:#x}+{first.range.length}",
                                 "a task is stopped inside the bytes to rewrite; retry in a moment")
 
-    def _check_expected(self, writes: Sequence[MemoryWrite]) -> None:
-        checked = [w for w in writes if w.expect is not None]
-        found = self.gdb.read_many([(w.address, len(w.expect)) for w in checked])  # type: ignore[arg-type]
-        for write, now in zip(checked, found):
-            if now != write.expect:
-                raise RigError(f"guest memory at {write.address:#x} ({write.role}) is {now.hex()}, expected "
-                               f"{write.expect.hex()}: the running kernel no longer matches vmlinux there",
+    @staticmethod
+    def _queue_expected(batch: Batch, writes: Sequence[MemoryWrite]) -> list[tuple[MemoryWrite, Pending[bytes]]]:
+        return [(w, batch.read(w.address, len(w.expect))) for w in writes if w.expect is not None]
+
+    @staticmethod
+    def _check_expected(expected: Sequence[tuple[MemoryWrite, Pending[bytes]]]) -> None:
+        for write, pending in expected:
+            if pending.value != write.expect:
+                raise RigError(f"guest memory at {write.address:#x} ({write.role}) is {pending.value.hex()}, "
+                               f"expected {write.expect.hex()}: the running kernel no longer matches vmlinux there",
                                hint="was it changed behind the rig's back? reboot the guest (invoke halt; "
                                     "invoke boot) to start from the built kernel")
 
-    def _apply(self, writes: Sequence[MemoryWrite]) -> None:
-        """Checks, then everything but the last write, read back; then the last write, read back."""
-        self._check_expected(writes)
-        *body, last = writes
-        for group in (body, [last]):
-            if not group:
-                continue
-            self.gdb.write_many([(w.address, w.data) for w in group])
-            readback = self.gdb.read_many([(w.address, len(w.data)) for w in group])
-            for write, now in zip(group, readback):
-                if now != write.data:
-                    raise RigError(f"read-back of {write.role} at {write.address:#x} differs from what was "
-                                   "written", hint="the guest memory is not writable there?")
+    def _write_verified(self, group: Sequence[MemoryWrite]) -> None:
+        """Write a group and read it back in the same pipeline."""
+        if not group:
+            return
+        batch = self.gdb.batch()
+        for write in group:
+            batch.write(write.address, write.data)
+        readback = [batch.read(w.address, len(w.data)) for w in group]
+        batch.run()
+        for write, now in zip(group, readback):
+            if now.value != write.data:
+                raise RigError(f"read-back of {write.role} at {write.address:#x} differs from what was written",
+                               hint="the guest memory is not writable there?")
 
-    def check_function_text(self, code: FunctionCode, active: Sequence[SlotRecord]) -> None:
+    def _apply(self, writes: Sequence[MemoryWrite], checked: bool = False) -> None:
+        """Everything but the last write, read back; then the last write (the point), read back."""
+        if not checked:
+            batch = self.gdb.batch()
+            expected = self._queue_expected(batch, writes)
+            batch.run()
+            self._check_expected(expected)
+        *body, last = writes
+        self._write_verified(body)
+        self._write_verified([last])
+
+    def _check_function_text(self, code: FunctionCode, guest: bytes, active: Sequence[SlotRecord]) -> None:
         """The function's bytes in the guest equal vmlinux's, outside active splice windows."""
-        guest = self.gdb.read_memory(code.start, code.end - code.start)
         built = self.image.text_bytes(code.start, code.end - code.start)
         spliced = [ByteRange(r.point, r.window_length) for r in active]
         for offset, (now, was) in enumerate(zip(guest, built)):
@@ -264,12 +283,22 @@ class Instrumenter:
         for attempt in range(retries + 1):
             try:
                 with self._stopped():
-                    self.check_function_text(code, records)
-                    if self.gdb.read_memory(self.layout.slot_record(slot), len(slot_before)) != slot_before:
+                    # One pipeline reads everything the plan rests on; then two write groups.
+                    batch = self.gdb.batch()
+                    text = batch.read(code.start, code.end - code.start)
+                    slot_now = batch.read(self.layout.slot_record(slot), len(slot_before))
+                    registers = batch.registers(["eip", "esp", "cs"])
+                    stacks = self._queue_stacks(batch, snap.tasks)
+                    expected = self._queue_expected(batch, plan.writes)
+                    batch.run()
+                    self._check_function_text(code, text.value, records)
+                    if slot_now.value != slot_before:
                         raise RigError(f"repository slot {slot} changed since it was read",
                                        hint="is another rig process splicing? retry")
-                    self._refuse_if_busy(plan.busy_ranges, [patch_area], snap.tasks)
-                    self._apply(plan.writes)
+                    self._check_expected(expected)
+                    self._refuse_if_busy(plan.busy_ranges, [patch_area],
+                                         self._busy_words(stacks, registers.value))
+                    self._apply(plan.writes, checked=True)
                 return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempt, snap.header.vector)
             except SpliceRefused as refused:
                 if refused.reason != "busy" or attempt == retries:
@@ -305,8 +334,13 @@ class Instrumenter:
         for attempt in range(retries + 1):
             try:
                 with self._stopped():
-                    self._refuse_if_busy([window], [], snap.tasks)
-                    hits = self._read_counter(record)
+                    batch = self.gdb.batch()
+                    registers = batch.registers(["eip", "esp", "cs"])
+                    stacks = self._queue_stacks(batch, snap.tasks)
+                    counter = batch.read(record.counter_address, 4) if record.counter_address else None
+                    batch.run()
+                    self._refuse_if_busy([window], [], self._busy_words(stacks, registers.value))
+                    hits = int.from_bytes(counter.value, "little") if counter else 0
                     self._apply_undo(writes, record)
                 break
             except SpliceRefused as refused:
@@ -322,13 +356,8 @@ class Instrumenter:
             raise RigError(f"slot record for {record.point:#x} holds bytes that differ from vmlinux",
                            hint="the repository is damaged; reboot the guest")
         point, *rest = writes
-        for group in ([point], rest):
-            if not group:
-                continue
-            self.gdb.write_many([(w.address, w.data) for w in group])
-            readback = self.gdb.read_many([(w.address, len(w.data)) for w in group])
-            if any(now != w.data for w, now in zip(group, readback)):
-                raise RigError("read-back after unsplice differs", hint="reboot the guest")
+        self._write_verified([point])
+        self._write_verified(rest)
 
     def _read_counter(self, record: SlotRecord) -> int:
         if not record.counter_address:
