@@ -16,6 +16,7 @@ later ``invoke`` reads it back; nothing about live splices is kept on the host.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from rig.splicer.repository import Header, Mode, Policy, RepositoryLayout, SlotR
 from rig.splicer.stackcheck import BusyWord, busy_words
 
 _MAX_TASKS = 512
+_BUSY_RETRY_PAUSE_S = 0.01
 _E820_RAM = 1
 _E820_ENTRY = struct.Struct("<QQI")
 
@@ -303,6 +305,7 @@ class Instrumenter:
             except SpliceRefused as refused:
                 if refused.reason != "busy" or attempt == retries:
                     raise
+                time.sleep(_BUSY_RETRY_PAUSE_S)  # let the guest run on before looking again
         raise AssertionError("unreachable")
 
     def _plan(self, code: FunctionCode, point: int, mode: Mode, policy: Policy | None, slot: int,
@@ -346,6 +349,7 @@ class Instrumenter:
             except SpliceRefused as refused:
                 if refused.reason != "busy" or attempt == retries:
                     raise
+                time.sleep(_BUSY_RETRY_PAUSE_S)  # let the guest run on before looking again
         symbol = self.image.function_at(record.point)
         return UnspliceResult(slot, symbol.name, record.point, hits, self.gdb.last_stall_s or 0.0)
 
