@@ -31,6 +31,16 @@ class PatchKind(enum.Enum):
     COUNTER = "counter"  # pushfd; inc dword [counter]; popfd; <displaced>; jmp back
     EMPTY = "empty"      # <displaced>; jmp back (for measuring the bare branch cost)
     CALL = "call"        # pushfd; pushad; call <call_target>; popad; popfd; <displaced>; jmp back
+    # Splicing to a component (call_target = the component's function); both count hits first.
+    REPLACE = "replace"  # jmp <call_target>: at a function entry it takes the caller's frame and
+                         # returns to the caller; the old code is bypassed (no displaced copy)
+    WRAP = "wrap"        # pushfd; pushad; push esp; call <call_target>; pop; popad; popfd;
+                         # <displaced>; jmp back -- the target gets the saved frame (registers,
+                         # flags, then the interrupted stack: return address and arguments)
+
+
+_TARGETED = (PatchKind.CALL, PatchKind.REPLACE, PatchKind.WRAP)
+_COUNTED = (PatchKind.COUNTER, PatchKind.REPLACE, PatchKind.WRAP)
 
 
 class SpliceRefused(RigError):
@@ -100,9 +110,13 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
     if springboards is not None and (mode is not Mode.JMP or not 0 <= springboards <= MAX_SPRINGBOARDS):
         raise SpliceRefused("bad-springboards", f"springboards={springboards} with {mode.name.lower()} mode",
                             f"a forced chain needs jmp mode and 0..{MAX_SPRINGBOARDS} springboards")
-    if (patch_kind is PatchKind.CALL) != (call_target is not None):
-        raise SpliceRefused("bad-call-target", "PatchKind.CALL needs a call_target, and only it takes one",
-                            "pass both, or neither")
+    if (patch_kind in _TARGETED) != (call_target is not None):
+        raise SpliceRefused("bad-call-target", f"PatchKind {patch_kind.value} and call_target go together "
+                            "(call, replace and wrap need one; the others take none)", "pass both, or neither")
+    if patch_kind is PatchKind.REPLACE and point != code.start:
+        raise SpliceRefused("replace-not-entry", f"a replacing splice goes at {code.name}'s entry "
+                            f"({code.start:#x}), not {point:#x}: the component takes over the caller's frame",
+                            "splice at offset 0, or wrap instead")
     _check_not_spliced(code, point, slot, layout, active)
     if not code.is_boundary(point):
         raise SpliceRefused("not-boundary", f"{point:#x} is not the start of an instruction in {code.name}",
@@ -120,8 +134,8 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
 
     instructions = [i for i in code.instructions if window.start <= i.address < window.end]
     patch_address = layout.patch_code(slot)
-    counter = layout.counter(slot) if patch_kind is PatchKind.COUNTER else None
-    patch_code = _build_patch(instructions, window.end, patch_address, counter, call_target)
+    counter = layout.counter(slot) if patch_kind in _COUNTED else None
+    patch_code = _build_patch(instructions, window.end, patch_address, counter, call_target, patch_kind)
     if len(patch_code) > PATCH_AREA_SIZE - PATCH_CODE_OFFSET:
         raise SpliceRefused("patch-too-large", f"the patch needs {len(patch_code)} bytes",
                             f"patch areas hold {PATCH_AREA_SIZE - PATCH_CODE_OFFSET}; splice a shorter window")
@@ -289,7 +303,7 @@ def _jmp(at: int, target: int, size: int) -> bytes:
 
 
 def _build_patch(instructions: list[Instruction], resume: int, address: int, counter: int | None,
-                 call_target: int | None = None) -> bytes:
+                 call_target: int | None = None, kind: PatchKind = PatchKind.COUNTER) -> bytes:
     """Probe, then the displaced instructions re-encoded for the patch address, then jmp back.
 
     iced's BlockEncoder re-targets relative branches/calls to their original absolute targets and
@@ -304,11 +318,17 @@ def _build_patch(instructions: list[Instruction], resume: int, address: int, cou
             ix.Instruction.create_mem(ix.Code.INC_RM32, ix.MemoryOperand(displ=counter, displ_size=4)),
             ix.Instruction.create(ix.Code.POPFD),
         ]
-    if call_target is not None:  # the routine may clobber anything: save all (flags may be live)
+    if kind is PatchKind.REPLACE and call_target is not None:  # bypass: no displaced copy, no way back
+        instructions = []
+        body.append(ix.Instruction.create_branch(ix.Code.JMP_REL32_32, call_target))
+    elif call_target is not None:  # the routine may clobber anything: save all (flags may be live)
+        frame_arg = kind is PatchKind.WRAP  # cdecl argument: esp = the pushad frame
         body += [
             ix.Instruction.create(ix.Code.PUSHFD),
             ix.Instruction.create(ix.Code.PUSHAD),
+            *([ix.Instruction.create_reg(ix.Code.PUSH_R32, ix.Register.ESP)] if frame_arg else []),
             ix.Instruction.create_branch(ix.Code.CALL_REL32_32, call_target),
+            *([ix.Instruction.create_reg_i32(ix.Code.ADD_RM32_IMM8, ix.Register.ESP, 4)] if frame_arg else []),
             ix.Instruction.create(ix.Code.POPAD),
             ix.Instruction.create(ix.Code.POPFD),
         ]
@@ -318,7 +338,8 @@ def _build_patch(instructions: list[Instruction], resume: int, address: int, cou
             raise SpliceRefused("unrelocatable", f"iced-x86 cannot decode {insn.text()}")
         decoded.ip = label
         body.append(decoded)
-    body.append(ix.Instruction.create_branch(ix.Code.JMP_REL32_32, resume))
+    if kind is not PatchKind.REPLACE:
+        body.append(ix.Instruction.create_branch(ix.Code.JMP_REL32_32, resume))
     encoder = ix.BlockEncoder(32)
     encoder.add_many(body)
     try:
