@@ -14,6 +14,8 @@ not a host-side file, is the record of what is spliced:
     base+0x10000 patch areas: PATCH_AREA_SIZE each; hit counter at +0, code at +PATCH_CODE_OFFSET
     base+0x20000 bench scratch (BENCH_SCRATCH_*): the benchmarks' floor code and samples, never
                  used by splices; rig.bench lays it out and clears it after a run
+    base+0x120000 component table (rig.splicer.component_table): which components are loaded where
+    base+0x121000 component region: loaded components' code and data, to the end of the repository
 
 The header keeps no "slots in use" count: it would duplicate the in-use flags of the slot
 records and could go stale if an apply is interrupted; count in-use records instead.
@@ -51,6 +53,9 @@ MAX_SPRINGBOARDS = 6
 SPRINGBOARD_MAX_BYTES = 7
 BENCH_SCRATCH_OFFSET = 0x20000   # after the patch areas of DEFAULT_SLOTS slots
 BENCH_SCRATCH_SIZE = 0x100000
+COMPONENT_TABLE_OFFSET = BENCH_SCRATCH_OFFSET + BENCH_SCRATCH_SIZE
+COMPONENT_TABLE_SIZE = 0x1000
+COMPONENT_REGION_OFFSET = COMPONENT_TABLE_OFFSET + COMPONENT_TABLE_SIZE
 
 _HEADER = struct.Struct("<8sIIIIIIIIII")
 HEADER_HITS_OFFSET = 8 + 4 * 4  # magic, version, size, vector, handler -> hits
