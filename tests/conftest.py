@@ -16,6 +16,7 @@ import pytest
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.guest.machine import QemuMachine
+from rig.instrument import Instrumenter, connect
 from rig.kernel import build as kernel_build
 from rig.kernel import source as kernel_source
 
@@ -70,3 +71,10 @@ def fresh_guest(prepared: lifecycle.PreparedGuest) -> Iterator[QemuMachine]:
     finally:
         machine.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def instrumenter(guest: QemuMachine, kernel: kernel_build.KernelBuild) -> Iterator[Instrumenter]:
+    """gdb attached to the shared guest (its stub takes one gdb at a time), guest left running."""
+    with connect(guest.config.gdb_socket, kernel) as manager:
+        yield manager
