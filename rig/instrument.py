@@ -363,11 +363,6 @@ class Instrumenter:
         self._write_verified([point])
         self._write_verified(rest)
 
-    def _read_counter(self, record: SlotRecord) -> int:
-        if not record.counter_address:
-            return 0
-        return int.from_bytes(self.gdb.read_memory(record.counter_address, 4), "little")
-
     def unsplice_all(self) -> list[UnspliceResult]:
         snap = self.prep(install=False) if self._has_repository() else None
         if snap is None:
@@ -396,9 +391,9 @@ class Instrumenter:
         return header, found
 
     def counter(self, slot: int) -> int:
+        """The hit counter of a slot's patch area (kept after unsplice, until the slot is reused)."""
         with self._stopped():
-            record = self._read_slots()[slot]
-            return self._read_counter(record)
+            return int.from_bytes(self.gdb.read_memory(self.layout.counter(slot), 4), "little")
 
     def handler_hits(self) -> int:
         with self._stopped():
