@@ -9,7 +9,9 @@ from pathlib import Path
 
 from invoke import task
 
-from rig import ui
+from rig import adapt as adapt_mod
+from rig import component_ui, ui
+from rig.component_manager import ComponentManager
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.kernel import build as kernel_build
@@ -143,17 +145,29 @@ def _int(text: str | None) -> int | None:
             "mode": "trap (int $n, 2 bytes) | jmp (jmp rel32, or jmp rel8 hops via springboards)",
             "policy": "auto (single where the instruction fits the branch, else displace; default) | single "
                       "(overwrite only the instruction at the point) | displace (whole instructions)",
-            "probe": "counter (count hits; default) | empty (only the displaced code: bare branch cost)"})
+            "probe": "counter (count hits; default) | empty (only the displaced code: bare branch cost)",
+            "component": "splice FUNC to this component's declared hook (replace or wrap) instead of a probe; "
+                         "loads it first (rig/components/NAME.c or a .c path)"})
 @reports_errors
-def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe="counter"):
-    """Splice a probe into the running kernel at FUNC[+OFFSET] (boots a guest if none runs)."""
+def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe="counter", component=None):
+    """Splice a probe, or a component (--component), into the running kernel at FUNC[+OFFSET]."""
     mode_, kind = _choice(Mode, mode, "mode"), _choice(PatchKind, probe, "probe")
     policy_ = None if policy == "auto" else _choice(Policy, policy, "policy")
     with lifecycle.instrumenter() as (_, manager):
-        result = manager.splice(func, mode=mode_, policy=policy_, offset=_int(offset), address=_int(addr),
-                                patch_kind=kind)
+        if component:
+            if addr is not None:
+                raise RigError("--addr is not taken with --component", hint="use --offset (wraps) or nothing")
+            loaded, result = ComponentManager(manager).splice(func, component, mode=mode_, policy=policy_,
+                                                              offset=_int(offset))
+        else:
+            result = manager.splice(func, mode=mode_, policy=policy_, offset=_int(offset), address=_int(addr),
+                                    patch_kind=kind)
     for table in ui.splice_tables(result):
         console.print(table)
+    if component:
+        hook = loaded.linked.hook_for(func)
+        console.print(f"{func} now goes to component {loaded.name} ({hook.kind} → {hook.entry} at "
+                      f"{loaded.linked.symbol(hook.entry).address:#010x})")
 
 
 def _choice(enum_type, value: str, what: str):
@@ -187,3 +201,66 @@ def splices(c):
         header, active = manager.active()
         hits = manager.handler_hits() if header else None
     console.print(ui.splices_table(header, active, hits))
+
+
+@task(help={"name": "a component in rig/components (e.g. mss_adapt) or a path to a .c file"})
+@reports_errors
+def load(c, name):
+    """Compile (cached) and load a component into the repository, without splicing it."""
+    with lifecycle.instrumenter() as (_, manager):
+        loaded = ComponentManager(manager).load(name)
+    console.print(f"component {loaded.name}: {loaded.entry.size} bytes at {loaded.entry.base:#010x}")
+
+
+@task
+@reports_errors
+def components(c):
+    """List loaded components: where, their hooks, which splices use them, their data (live)."""
+    with lifecycle.instrumenter(start=False) as (_, manager):
+        components_ = ComponentManager(manager)
+        loaded = components_.loaded()
+        data = {component.name: components_.data(component) for component in loaded}
+    console.print(component_ui.components_table(loaded, data))
+
+
+@task(name="set", help={"param": "COMPONENT.PARAM, e.g. mss_adapt.fer", "value": "decimal, e.g. 0.05"})
+@reports_errors
+def set_(c, param, value):
+    """Set a component parameter live (scaled to the guest's integer, e.g. fer 0.05 -> 50000 ppm)."""
+    with lifecycle.instrumenter(start=False) as (_, manager):
+        done = ComponentManager(manager).set(param, value)
+    console.print(component_ui.param_line(done))
+
+
+@task(help={"name": "COMPONENT.SYMBOL: a parameter or counter, e.g. mss_adapt.last_mss"})
+@reports_errors
+def get(c, name):
+    """Read a component's 32-bit variable live."""
+    with lifecycle.instrumenter(start=False) as (_, manager):
+        console.print(f"{name} = {ComponentManager(manager).get(name)}")
+
+
+@task(help={"name": "the component to unload (see invoke components)"})
+@reports_errors
+def unload(c, name):
+    """Unload a component (refused while a splice still goes to it)."""
+    with lifecycle.instrumenter(start=False) as (_, manager):
+        entry = ComponentManager(manager).unload(name)
+    console.print(f"unloaded {entry.name} ({entry.size} bytes at {entry.base:#010x}, now int3-filled)")
+
+
+@task(help={"mode": "trap | jmp: how to splice tcp_sync_mss when an event first needs it",
+            "once": "stop after the first event", "timeout": "stop after this many seconds (default: never)"})
+@reports_errors
+def adapt(c, mode="trap", once=False, timeout=None):
+    """Watch the guest for network-environment changes (@event netenv fer=X) and adapt the MSS by itself."""
+    state = lifecycle.running()
+    if state is None:
+        raise RigError("no guest is running", hint="start one with: invoke boot")
+    follower = adapt_mod.ConsoleLogFollower(state.machine_config().console_log)
+    console.print("watching the guest for '@event netenv' (announce one: invoke console --cmd 'netenv fer=0.05')")
+    with lifecycle.instrumenter(start=False) as (_, manager):
+        done = adapt_mod.watch(follower, ComponentManager(manager), mode=_choice(Mode, mode, "mode"), once=once,
+                               timeout=float(timeout) if timeout is not None else None,
+                               report=lambda event, step: console.print(component_ui.adaptation_line(event, step)))
+    console.print(f"{len(done)} adaptation(s) applied")
