@@ -8,7 +8,7 @@ import pytest
 from rig.errors import RigError
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter
-from rig.splicer.analysis import FunctionCode, disassemble_function
+from rig.splicer.analysis import FunctionCode, Instruction, disassemble_function
 from rig.splicer.plan import SpliceRefused, plan_splice
 from rig.splicer.repository import Mode, Policy
 
@@ -126,7 +126,7 @@ def _first_plan_refusal(manager: Instrumenter, reason: str, mode: Mode, policy: 
     """A real point in a real function where the pure planner refuses for ``reason``."""
     for name in functions:
         code: FunctionCode = disassemble_function(manager.image, name)
-        for insn in code.instructions:
+        for insn in filter(lambda i: _may_refuse(code, i, reason), code.instructions):
             try:
                 plan_splice(code, insn.address, mode, policy, manager.layout, 0, vector=0x81,
                             springboard_space=manager.image.padding_gaps())
@@ -134,6 +134,15 @@ def _first_plan_refusal(manager: Instrumenter, reason: str, mode: Mode, policy: 
                 if refused.reason == reason:
                     return name, insn.address
     raise AssertionError(f"no {reason} case found in {functions}")
+
+
+def _may_refuse(code: FunctionCode, insn: Instruction, reason: str) -> bool:
+    """A cheap filter before planning: only points where ``reason`` could apply."""
+    if reason == "crosses-end":
+        return insn.address + 5 > code.end
+    if reason == "unrelocatable":
+        return insn.mnemonic == "ud2" or insn.address in code.exception_sites
+    return any(insn.address < target < insn.address + 5 for target in code.entered_at)
 
 
 _SCAN = ["schedule", "tcp_sync_mss", "do_fork", "kmem_cache_alloc", "__alloc_pages", "sys_read", "do_page_fault"]
