@@ -264,3 +264,35 @@ def adapt(c, mode="trap", once=False, timeout=None):
                                timeout=float(timeout) if timeout is not None else None,
                                report=lambda event, step: console.print(component_ui.adaptation_line(event, step)))
     console.print(f"{len(done)} adaptation(s) applied")
+
+
+@task(help={"table1": "run Table 1 (guest rdtsc: splices, floors, splice latency)",
+            "fig4": "run Fig. 4 (instruction sizes of the built objects and vmlinux)",
+            "fig5": "run Fig. 5 (cost model, with the hop census of the real kernel)",
+            "n": "getpid calls per run (default 10000)", "runs": "runs per Table 1 row (default 5)",
+            "icount": "also measure under TCG -icount (deterministic instruction counts; default on)",
+            "accel": "auto | tcg | kvm for the first Table 1 boot (auto: KVM only where it really runs i386)",
+            "counter": "add Table 1 rows with the counting probe"})
+@reports_errors
+def bench(c, table1=False, fig4=False, fig5=False, n=10_000, runs=5, icount=True, accel="auto", counter=False):
+    """Reproduce the paper's Table 1, Fig. 4 and Fig. 5 into reports/<run-id>/ (all parts if none picked)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rig.bench import render as bench_render
+    from rig.bench import run as bench_run
+
+    everything = not (table1 or fig4 or fig5)
+    options = bench_run.BenchOptions(table1=everything or table1, fig4=everything or fig4, fig5=everything or fig5,
+                                     n=int(n), runs=int(runs), accel=accel, icount=icount, counter_rows=counter)
+    with Progress(TextColumn("[bold]{task.fields[phase]:<22}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TextColumn("[dim]{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("bench", total=bench_run.planned_steps(options), phase="", detail="")
+        done = bench_run.run(options, note=lambda phase, detail: progress.update(
+            bar, advance=1, phase=phase, detail=detail[:60]))
+        progress.update(bar, completed=bench_run.planned_steps(options))
+    for table, provenance, notes in bench_render.terminal_tables(done.sections):
+        console.print(table)
+        for note in notes:
+            console.print(f"  • {note}")
+    console.print(f"report: {done.run_dir / 'report.md'} (+ bench.json, PNG figures)")
+    console.print(f"[bold]invoke bench took {done.seconds:.1f} s[/]")
