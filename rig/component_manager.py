@@ -22,7 +22,8 @@ from rig.errors import RigError
 from rig.instrument import Instrumenter, SpliceResult
 from rig.kernel.cflags import argv_text, compile_object, kernel_cflags
 from rig.splicer import component_table as ctab
-from rig.splicer.component import ComponentObject, ComponentRefused, LinkedComponent, Param, layout_size, link
+from rig.splicer.component import (ComponentObject, ComponentRefused, LinkedComponent, Param, layout_size, link,
+                                   size_breakdown)
 from rig.splicer.image import ByteRange
 from rig.splicer.plan import PatchKind, SpliceRefused
 from rig.splicer.repository import PATCH_AREA_SIZE, PATCH_CODE_OFFSET, Mode, Policy, SlotRecord
@@ -188,7 +189,7 @@ class ComponentManager:
                 raise RigError(f"component {obj.name} is already loaded from a different build",
                                f"unload it first: invoke unload {obj.name}")
             size = layout_size(obj)
-            base = table.allocate(size, f"component {obj.name}")
+            base = table.allocate(size, f"component {obj.name} ({size_breakdown(obj)})")
             linked = link(obj, base, self._resolve, capacity=table.largest_gap())
             index = table.free_index()
             entry = ctab.ComponentEntry(obj.name, base, linked.size, obj.sha256)
