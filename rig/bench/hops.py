@@ -18,7 +18,6 @@ from typing import Any
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from rig.splicer import springboard as sb
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage, Symbol
 from rig.splicer.plan import PatchKind, SpliceRefused, plan_splice
@@ -65,15 +64,9 @@ def object_functions(obj: Path) -> list[tuple[str, int]]:
         return out
 
 
-def _match(image: KernelImage, name: str, size: int) -> Symbol | None:
-    found = [s for s in image.symbols if s.name == name and s.kind == "FUNC" and s.size == size]
-    return found[0] if len(found) == 1 else None
-
-
 def census(image: KernelImage, objects: Sequence[tuple[str, Path]],
            progress: Callable[[str, int, int], None] | None = None) -> list[HopCensus]:
     gaps = image.padding_gaps()
-    free = sb.free_ranges(gaps, [])
     layout = RepositoryLayout()
     by_name: dict[str, list[Symbol]] = {}
     for sym in image.symbols:
@@ -105,7 +98,6 @@ def census(image: KernelImage, objects: Sequence[tuple[str, Path]],
                 if insn.size < 5:
                     result.short_hops.append(plan.hops)
         results.append(result)
-    del free
     return results
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from rig import instrument, paths
 from rig.bench import fig4, fig5, hops, latency, report, table1
-from rig.bench.provenance import Provenance
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.guest.machine import QemuMachine
@@ -108,7 +107,7 @@ def dist_from_dict(d: dict[str, Any]) -> fig4.LengthDistribution:
 
 
 # ---- guests ------------------------------------------------------------------------------------
-def clocks(options: BenchOptions, kernel: KernelBuild) -> list[lifecycle.PreparedGuest]:
+def clocks(options: BenchOptions) -> list[lifecycle.PreparedGuest]:
     first = lifecycle.prepare(accel=options.accel)
     chosen = [first]
     if options.icount:
@@ -178,7 +177,7 @@ def run(options: BenchOptions, note: Note | None = None) -> BenchRun:
             static = pool.submit(static_analysis, str(kernel.root), options.fig4 or options.fig5, options.fig5)
         if options.table1:
             data["table1"] = [measure_guest(p, options, index == 0, say)
-                              for index, p in enumerate(clocks(options, kernel))]
+                              for index, p in enumerate(clocks(options))]
         if static is not None:
             say("static", "waiting for the Fig. 4 sweep and hop census")
             data.update(static.result())
@@ -218,9 +217,3 @@ def fig5_data(data: dict[str, Any], seed: int) -> tuple[fig5.Fig5Result, dict[st
         more = fig5.simulate(counts, seed=seed, measured_costs=extra, measured_short_hops=short_hops)
         base.curves += [c for c in more.curves if c.costs.label == extra.label]
     return base, {"result": base.to_dict(), "cost_sets": [c.label for c in cost_sets]}
-
-
-def provenance(kernel: KernelBuild, accelerator: str, clock_meaning: str, n: int,
-               seed: int | None = None) -> Provenance:
-    return Provenance.collect(accelerator=accelerator, clock_meaning=clock_meaning, n=n, seed=seed,
-                              kernel_build_id=kernel.build_id, gcc_version=kernel.info["host"]["gcc"])

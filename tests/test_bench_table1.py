@@ -1,0 +1,151 @@
+"""Table 1 on real booted guests: JSON structure and the invariants that must hold (no timings).
+
+Two fresh guests under TCG ``-icount`` (the TSC counts guest instructions) must give identical
+figures; every spliced path costs at least its unspliced baseline; floors lie below the splices
+they bound; and everything the bench wrote into the guest is undone.
+"""
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import capstone
+import pytest
+
+from conftest import private_run_dir
+from rig import instrument
+from rig.bench import floors, table1
+from rig.bench.stats import STATS
+from rig.guest import lifecycle
+from rig.guest.machine import QemuMachine
+from rig.kernel.build import KernelBuild
+from rig.splicer import idt
+from rig.splicer.repository import RepositoryLayout
+
+N = 2000
+RUNS = 2
+SHIFT = 3
+
+
+def _measure_fresh_boot(prepared: lifecycle.PreparedGuest) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Table 1 in a guest of its own; also the guest bytes the bench must leave as it found them."""
+    run_dir = private_run_dir()
+    try:
+        with QemuMachine(prepared.config(run_dir)) as machine:
+            machine.launch()
+            with instrument.connect(machine.config.gdb_socket, prepared.kernel) as instr:
+                result = table1.measure(machine, instr, N, RUNS)
+                image = instr.image
+                getpid = image.function(table1.FUNCTION)
+                idt_base = image.symbol("idt_table").address
+                with instr.gdb.stopped():
+                    after = {
+                        "text": instr.gdb.read_memory(getpid.address, getpid.size),
+                        "gate": instr.gdb.read_memory(idt_base + result["floors"]["vector"] * 8, 8),
+                        "scratch": instr.gdb.read_memory(RepositoryLayout().bench_scratch, floors.ARRAYS_OFFSET),
+                    }
+                _, active = instr.active()
+                after["active"] = bytes(len(active))
+            machine.console.request("ping", timeout=10)  # the guest still answers
+        return result, after
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def icount_prepared(kernel: KernelBuild) -> lifecycle.PreparedGuest:
+    return lifecycle.prepare(accel="tcg", icount_shift=SHIFT)
+
+
+@pytest.fixture(scope="module")
+def icount_twice(icount_prepared: lifecycle.PreparedGuest) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+    return [_measure_fresh_boot(icount_prepared) for _ in range(2)]
+
+
+def _rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["key"]: row for row in result["rows"]}
+
+
+def test_json_structure(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
+    result, _ = icount_twice[0]
+    rows = _rows(result)
+    expected = {"baseline", "jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3", "trap",
+                *(f"floor-{f}" for f in floors.FLOORS)}
+    assert set(rows) == expected
+    for row in result["rows"]:
+        assert len(row["runs"]) == RUNS and all(run["n"] == N for run in row["runs"])
+        assert set(STATS) <= set(row["stats"])
+        assert row["stats"]["min"] <= row["stats"]["median"] <= row["stats"]["max"]
+    assert rows["jmp"]["hops"] == 1 and rows["trap"]["mode"] == "trap"
+    for k in (1, 2, 3):
+        assert rows[f"jmp-sb{k}"]["hops"] == k + 1 and len(rows[f"jmp-sb{k}"]["springboards"]) == k
+    assert rows["jmp"]["relative"]["median"] == 1.0
+    assert result["paper"]["jmp_cycles"] == 84.0012
+
+
+def test_icount_boots_are_identical(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
+    """Established experimentally: at shift 3 every per-run statistic (min, median, mean, p95, max)
+    of every row repeats exactly in a second boot (no timer interrupt lands in a timed call)."""
+    (first, _), (second, _) = icount_twice
+    for a, b in zip(first["rows"], second["rows"]):
+        assert a["key"] == b["key"]
+        assert [{s: r[s] for s in STATS} for r in a["runs"]] == [{s: r[s] for s in STATS} for r in b["runs"]], a["key"]
+
+
+def test_every_spliced_path_costs_at_least_the_baseline(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
+    result, _ = icount_twice[0]
+    rows = _rows(result)
+    base = rows["baseline"]["stats"]["min"]
+    for key in ("jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3", "trap"):
+        assert rows[key]["stats"]["min"] > base, key
+    # each extra springboard executes one more jmp: strictly more instructions
+    chain = [rows[k]["stats"]["min"] for k in ("jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3")]
+    assert chain == sorted(set(chain))
+
+
+def test_floors_lie_below_their_splices(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
+    result, _ = icount_twice[0]
+    rows = _rows(result)
+    assert 0 < rows["floor-int"]["overhead"]["min"] < rows["trap"]["overhead"]["min"]
+    assert 0 < rows["floor-jmp-far"]["overhead"]["min"] <= rows["jmp"]["overhead"]["min"]
+    assert 0 < rows["floor-jmp"]["overhead"]["min"] <= rows["floor-jmp-far"]["overhead"]["min"]
+
+
+def test_bench_leaves_the_guest_as_it_found_it(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]],
+                                               kernel: KernelBuild) -> None:
+    image = instrument.load_image(kernel.vmlinux)
+    getpid = image.function(table1.FUNCTION)
+    for result, after in icount_twice:
+        assert after["text"] == image.text_bytes(getpid.address, getpid.size)
+        gate = idt.decode_gate(after["gate"])
+        assert gate.offset == image.symbol("ignore_int").address  # floor vector back to the kernel's default
+        assert after["scratch"] == bytes(floors.ARRAYS_OFFSET)
+        assert after["active"] == b""
+
+
+def test_sampler_code_keeps_gates_kernel_only() -> None:
+    """The floor gate is DPL 0 and the sampler does what the module says, decoded with capstone."""
+    layout = floors.SamplerLayout.of(RepositoryLayout(), N)
+    iret, part1, part2, far = floors.sampler_code(layout, 0x82)
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+    first = [i.mnemonic for i in md.disasm(part1, layout.entry)]
+    second = [(i.mnemonic, i.op_str) for i in md.disasm(part2, layout.part2)]
+    assert first[0] == "cli" and first[-1] == "ret" and first.count("rdtsc") == 5
+    assert ("int", "0x82") in second and second[-1][0] == "ret"
+    assert [i.mnemonic for i in md.disasm(iret, layout.iret_stub)] == ["iretd"]
+    jump = next(md.disasm(far, layout.far_stub))
+    assert jump.mnemonic == "jmp" and int(jump.op_str, 16) == layout.part2
+    assert layout.far_stub >> 12 != layout.entry >> 12  # the far jmp really leaves the page
+    assert idt.make_trap_gate(layout.iret_stub).dpl == 0
+
+
+def test_default_tcg_clock_structure(guest: QemuMachine, kernel: KernelBuild) -> None:
+    """Host-time TSC: only structure and correctness (no timing assertions)."""
+    with instrument.connect(guest.config.gdb_socket, kernel) as instr:
+        result = table1.measure(guest, instr, N, 1, chains=(1,))
+        _, active = instr.active()
+    assert not active
+    rows = _rows(result)
+    assert {"baseline", "jmp", "jmp-sb1", "trap", "floor-int"} <= set(rows)
+    assert all(row["runs"][0]["n"] == N for row in result["rows"] if row["kind"] == "path")
+    assert set(result["summary"]) == {"min", "median"}
