@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,9 @@ def private_run_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="ts-"))
 
 
-@pytest.fixture(scope="session")
-def guest(prepared: lifecycle.PreparedGuest) -> Iterator[QemuMachine]:
-    """One booted guest shared by the tests that leave it as they found it."""
+@contextmanager
+def booted(prepared: lifecycle.PreparedGuest) -> Iterator[QemuMachine]:
+    """A guest in a private run dir, always shut down and cleaned up afterwards."""
     run_dir = private_run_dir()
     machine = QemuMachine(prepared.config(run_dir))
     try:
@@ -58,19 +59,20 @@ def guest(prepared: lifecycle.PreparedGuest) -> Iterator[QemuMachine]:
     finally:
         machine.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def guest(prepared: lifecycle.PreparedGuest) -> Iterator[QemuMachine]:
+    """One booted guest shared by the tests that leave it as they found it."""
+    with booted(prepared) as machine:
+        yield machine
 
 
 @pytest.fixture
 def fresh_guest(prepared: lifecycle.PreparedGuest) -> Iterator[QemuMachine]:
     """A guest of the test's own, for tests that may leave it changed."""
-    run_dir = private_run_dir()
-    machine = QemuMachine(prepared.config(run_dir))
-    try:
-        machine.launch()
+    with booted(prepared) as machine:
         yield machine
-    finally:
-        machine.shutdown()
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
