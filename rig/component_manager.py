@@ -22,10 +22,10 @@ from rig.errors import RigError
 from rig.instrument import Instrumenter, SpliceResult
 from rig.kernel.cflags import argv_text, compile_object, kernel_cflags
 from rig.splicer import component_table as ctab
-from rig.splicer.component import (ComponentObject, ComponentRefused, LinkedComponent, Param, layout_size, link,
-                                   size_breakdown)
+from rig.splicer.component import (ComponentObject, ComponentRefused, LinkedComponent, Param, find_hook,
+                                   layout_size, link, size_breakdown)
 from rig.splicer.image import ByteRange
-from rig.splicer.plan import PatchKind, SpliceRefused
+from rig.splicer.plan import PatchKind
 from rig.splicer.repository import PATCH_AREA_SIZE, PATCH_CODE_OFFSET, Mode, Policy, SlotRecord
 
 COMPONENTS_DIR = paths.REPO_ROOT / "rig" / "components"
@@ -264,6 +264,9 @@ class ComponentManager:
     def splice(self, function: str, component: str, mode: Mode = Mode.TRAP,
                policy: Policy | None = None, offset: int | None = None) -> tuple[LoadedComponent, SpliceResult]:
         """Load the component if needed and splice ``function`` to its declared hook."""
+        source = source_path(component)
+        obj = ComponentObject.load(compile_component(self.kernel, source), source.stem)
+        find_hook(obj.name, obj.hooks, function)  # refuse before loading anything
         loaded = self.load(component)
         hook = loaded.linked.hook_for(function)
         kind = PatchKind.REPLACE if hook.kind == "replace" else PatchKind.WRAP

@@ -163,12 +163,7 @@ class LinkedComponent:
         return self.base <= address < self.end
 
     def hook_for(self, kernel_function: str) -> Hook:
-        for hook in self.hooks:
-            if hook.kernel_function == kernel_function:
-                return hook
-        offered = ", ".join(f"{h.kind} {h.kernel_function}" for h in self.hooks) or "none"
-        raise ComponentRefused("no-hook", f"component {self.name} declares no hook for {kernel_function}",
-                               f"it offers: {offered} (TRAPSPLICE_REPLACE/TRAPSPLICE_WRAP in its source)")
+        return find_hook(self.name, self.hooks, kernel_function)
 
     def param(self, name: str) -> Param:
         for param in self.params:
@@ -185,6 +180,15 @@ class LinkedComponent:
             raise ComponentRefused("no-symbol", f"component {self.name} has no symbol {name!r}",
                                    f"its data symbols: {data}")
         return found
+
+
+def find_hook(component: str, hooks: tuple[Hook, ...], kernel_function: str) -> Hook:
+    for hook in hooks:
+        if hook.kernel_function == kernel_function:
+            return hook
+    offered = ", ".join(f"{h.kind} {h.kernel_function}" for h in hooks) or "none"
+    raise ComponentRefused("no-hook", f"component {component} declares no hook for {kernel_function}",
+                           f"it offers: {offered} (TRAPSPLICE_REPLACE/TRAPSPLICE_WRAP in its source)")
 
 
 def layout_size(obj: ComponentObject) -> int:

@@ -11,7 +11,6 @@ Components take first-fit, 16-byte aligned space in the component region after t
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rig.errors import RigError
@@ -157,10 +156,6 @@ def unload_writes(layout: RepositoryLayout, index: int, entry: ComponentEntry) -
     """Entry cleared first (nothing can find it any more), then its bytes filled with int3."""
     return [MemoryWrite(entry_address(layout, index), encode_entry(None), "component-entry"),
             MemoryWrite(entry.base, bytes([FILLER]) * entry.size, "component")]
-
-
-def read_regions(layout: RepositoryLayout) -> Sequence[tuple[int, int]]:
-    return [(table_address(layout), COMPONENT_TABLE_SIZE)]
 
 
 def _align(value: int) -> int:
