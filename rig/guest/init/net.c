@@ -62,6 +62,27 @@ static long tcp_maxseg(long fd, long *mss)
     return ret;
 }
 
+/* Non-blocking, so a handshake that never completes (a lost segment on lo) is
+ * an `err` reply and not a pid 1 stuck in connect() or accept() forever. */
+static long set_nonblocking(long fd)
+{
+    long flags = sys_fcntl((int)fd, F_GETFL, 0);
+    return flags < 0 ? flags : sys_fcntl((int)fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+#define ACCEPT_WAIT_STEPS 200 /* x 10 ms */
+
+static long accept_within(long listener, int steps)
+{
+    static const struct timespec32 step = {0, 10000000};
+    for (;;) {
+        long fd = sock_call(SYS_ACCEPT, listener, 0, 0, 0, 0);
+        if (fd != -EAGAIN || steps-- <= 0)
+            return fd;
+        sys_nanosleep(&step);
+    }
+}
+
 static void close_if_open(long fd)
 {
     if (fd >= 0)
@@ -94,10 +115,14 @@ int cmd_tcp_mss(struct request *req)
         failed = "tcp-mss: getsockname failed";
     } else if ((client = ret = socket_open(SOCK_STREAM)) < 0) {
         failed = "tcp-mss: client socket failed";
-    } else if ((ret = sock_call(SYS_CONNECT, client, (long)&addr, sizeof(addr), 0, 0)) < 0) {
+    } else if ((ret = set_nonblocking(client)) < 0 || (ret = set_nonblocking(listener)) < 0) {
+        failed = "tcp-mss: fcntl(O_NONBLOCK) failed";
+    } else if ((ret = sock_call(SYS_CONNECT, client, (long)&addr, sizeof(addr), 0, 0)) < 0
+               && ret != -EINPROGRESS) {
         failed = "tcp-mss: connect failed (is lo up?)";
-    } else if ((server = ret = sock_call(SYS_ACCEPT, listener, 0, 0, 0, 0)) < 0) {
-        failed = "tcp-mss: accept failed";
+    } else if ((server = ret = accept_within(listener, ACCEPT_WAIT_STEPS)) < 0) {
+        failed = ret == -EAGAIN ? "tcp-mss: handshake did not complete within 2 s (see Ip InHdrErrors in /proc/net/snmp)"
+                                : "tcp-mss: accept failed";
     } else if ((ret = tcp_maxseg(client, &client_mss)) < 0) {
         failed = "tcp-mss: getsockopt(client, TCP_MAXSEG) failed";
     } else if ((ret = tcp_maxseg(server, &server_mss)) < 0) {

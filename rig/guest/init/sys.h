@@ -44,6 +44,11 @@ typedef unsigned char u8;
 #define O_RDWR      2
 #define O_NOCTTY    0400
 #define F_GETFD     1
+#define F_GETFL     3
+#define F_SETFL     4
+#define O_NONBLOCK  04000
+#define EAGAIN      11
+#define EINPROGRESS 115
 #define S_IFCHR     0020000
 #define S_IFDIR     0040000
 #define EEXIST      17
