@@ -5,7 +5,6 @@ Tests that need it call :func:`compile_c`; without a working ``gcc -m32`` they s
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -76,20 +75,6 @@ static int small1(int x) { return x + 1; }
 static int small2(int x) { return x * 3; }
 int use_smalls(int x) { return small1(x) + small2(x); }
 """
-
-
-def vmlinux_path() -> Path | None:
-    """The built 2.4.20 vmlinux, if a build finished (env or the lead's notes)."""
-    explicit = os.environ.get("TRAPSPLICE_TEST_VMLINUX")
-    if explicit:
-        return Path(explicit)
-    ready = Path("/work/notes/kernel-ready.txt")  # TODO(lead): replace with the real fixture
-    if ready.is_file():
-        for line in ready.read_text().splitlines():
-            candidate = Path(line.strip())
-            if candidate.name == "vmlinux" and candidate.is_file():
-                return candidate
-    return None
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,7 +20,6 @@ from rig.bench.fig4 import (
     plot_fig4,
 )
 from rig.errors import RigError
-from rig.paths import cache_root
 
 SOURCES = {
     "sched_like.c": r"""
@@ -187,22 +185,8 @@ def test_plot_writes_png(objects: list[Path], tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def kernel_tree() -> Path | None:
-    """The built 2.4.20 tree: $TRAPSPLICE_TEST_KBUILD, else the newest complete build in the cache."""
-    explicit = os.environ.get("TRAPSPLICE_TEST_KBUILD")
-    candidates = [Path(explicit), Path(explicit) / "tree"] if explicit else []
-    builds = sorted((cache_root() / "kernels").glob("*/tree"), key=lambda p: p.stat().st_mtime, reverse=True)
-    candidates += builds
-    for tree in candidates:
-        if all((tree / rel).is_file() for rel in PAPER_OBJECTS):
-            return tree
-    return None
-
-
-def test_paper_objects_from_the_built_kernel() -> None:
-    tree = kernel_tree()
-    if tree is None:
-        pytest.skip("no built 2.4.20 tree (set TRAPSPLICE_TEST_KBUILD or run the kernel build)")
+def test_paper_objects_from_the_built_kernel(kernel) -> None:  # noqa: ANN001 - conftest fixture
+    tree = kernel.tree
     dists = [length_distribution(tree / rel, name=Path(rel).name, ud2_data_bytes=LINUX_24_BUG_DATA_BYTES)
              for rel in PAPER_OBJECTS]
     for dist in dists:

@@ -3,8 +3,7 @@
 Firmware-only tests boot ``qemu-system-i386`` with no disk: SeaBIOS runs (real mode, so
 linear == physical addresses) and halts in its idle loop with interrupts on, which keeps
 the BIOS timer tick count at 0x46c moving while the guest runs. Guest tests boot the
-2.4.20 kernel and skip when none is given (TRAPSPLICE_TEST_BZIMAGE + TRAPSPLICE_TEST_VMLINUX,
-or TRAPSPLICE_TEST_KERNEL_BUILD = a build directory holding both).
+rig's 2.4.20 kernel (the `kernel` fixture of tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -338,24 +337,10 @@ def test_no_gdb_left_behind(firmware_stub: tuple[Path, Qemu]) -> None:
 
 # --- a booted 2.4.20 guest -------------------------------------------------------------
 
-def _kernel_under_test() -> tuple[Path, Path] | None:
-    bzimage, vmlinux = os.environ.get("TRAPSPLICE_TEST_BZIMAGE"), os.environ.get("TRAPSPLICE_TEST_VMLINUX")
-    build = os.environ.get("TRAPSPLICE_TEST_KERNEL_BUILD")
-    if build and not (bzimage and vmlinux):
-        bzimage, vmlinux = f"{build}/arch/i386/boot/bzImage", f"{build}/vmlinux"
-    if bzimage and vmlinux and Path(bzimage).is_file() and Path(vmlinux).is_file():
-        return Path(bzimage), Path(vmlinux)
-    return None
-
-
 @pytest.fixture
-def booted_kernel(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+def booted_kernel(tmp_path: Path, kernel) -> Iterator[tuple[Path, Path]]:  # noqa: ANN001 - conftest fixture
     """A 2.4.20 guest past paging setup; without root fs it panics and (panic=0) stays up."""
-    kernel = _kernel_under_test()
-    if kernel is None:
-        pytest.skip("no 2.4.20 kernel given: set TRAPSPLICE_TEST_KERNEL_BUILD (or "
-                    "TRAPSPLICE_TEST_BZIMAGE and TRAPSPLICE_TEST_VMLINUX)")
-    bzimage, vmlinux = kernel
+    bzimage, vmlinux = kernel.bzimage, kernel.vmlinux
     sock = tmp_path / "gdb.sock"
     qemu = Qemu(["-m", "64", "-nographic", "-no-reboot", "-kernel", str(bzimage),
                  "-append", "console=ttyS0 panic=0 mem=exactmap mem=640K@0 mem=15M@1M mem=44M@20M",

@@ -9,7 +9,6 @@ import pexpect
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from conftest_protocol import protocol_console  # noqa: F401  (fixture)
 from rig.errors import RigError
 from rig.guest.initrd import build_init, build_initrd, initrd_inputs_digest
 from rig.guest.protocol import Event, GuestCommandError, GuestConsole, ReadyInfo, Reply, parse_line
@@ -28,6 +27,12 @@ CAPTURED_CONSOLE = (
 
 
 # --- parsing of real lines --------------------------------------------------
+
+@pytest.fixture
+def protocol_console(guest) -> GuestConsole:  # noqa: ANN001 - conftest fixture
+    """The shared real guest's console (tests/conftest.py boots it)."""
+    return guest.console
+
 
 def test_parse_banner() -> None:
     ready = parse_line("@ready proto=1 kernel=2.4.20\r")
@@ -120,14 +125,14 @@ def test_initrd_is_ext2_that_linux_2_4_reads_with_device_nodes(tmp_path: Path) -
 
 
 @pytest.mark.guest
-def test_banner_and_ping(protocol_console: GuestConsole) -> None:  # noqa: F811
+def test_banner_and_ping(protocol_console: GuestConsole) -> None:
     assert protocol_console.ready is not None and protocol_console.ready.kernel == "2.4.20"
     assert protocol_console.request("ping").int_field("pong") == 1
     assert protocol_console.resync().int_field("pong") == 1
 
 
 @pytest.mark.guest
-def test_uname(protocol_console: GuestConsole) -> None:  # noqa: F811
+def test_uname(protocol_console: GuestConsole) -> None:
     reply = protocol_console.request("uname")
     assert reply.str_field("sysname") == "Linux"
     assert reply.str_field("release") == "2.4.20"
@@ -144,7 +149,7 @@ def assert_ordered_stats(reply: Reply, n: int) -> None:
 
 
 @pytest.mark.guest
-def test_bench_getpid(protocol_console: GuestConsole) -> None:  # noqa: F811
+def test_bench_getpid(protocol_console: GuestConsole) -> None:
     reply = protocol_console.request("bench getpid 1000")
     assert_ordered_stats(reply, 1000)
     assert reply.int_field("pid") == 1 and reply.int_field("pid_ok") == 1
@@ -154,12 +159,12 @@ def test_bench_getpid(protocol_console: GuestConsole) -> None:  # noqa: F811
 
 @pytest.mark.guest
 @pytest.mark.parametrize("kind", ["null", "jmp"])
-def test_bench_floors(protocol_console: GuestConsole, kind: str) -> None:  # noqa: F811
+def test_bench_floors(protocol_console: GuestConsole, kind: str) -> None:
     assert_ordered_stats(protocol_console.request(f"bench {kind} 1000"), 1000)
 
 
 @pytest.mark.guest
-def test_tcp_mss_over_loopback(protocol_console: GuestConsole) -> None:  # noqa: F811
+def test_tcp_mss_over_loopback(protocol_console: GuestConsole) -> None:
     reply = protocol_console.request("tcp-mss", timeout=20)
     for end in ("client", "server"):
         assert 0 < reply.int_field(end) <= 16396  # lo MTU 16436 - 40 header bytes
@@ -167,7 +172,7 @@ def test_tcp_mss_over_loopback(protocol_console: GuestConsole) -> None:  # noqa:
 
 
 @pytest.mark.guest
-def test_user_mode_int_on_a_dpl0_gate_faults(protocol_console: GuestConsole) -> None:  # noqa: F811
+def test_user_mode_int_on_a_dpl0_gate_faults(protocol_console: GuestConsole) -> None:
     reply = protocol_console.request("user-int 129")
     assert reply.int_field("vector") == 129
     assert reply.int_field("faulted") == 1 and reply.int_field("signal") == 11
@@ -176,13 +181,14 @@ def test_user_mode_int_on_a_dpl0_gate_faults(protocol_console: GuestConsole) -> 
 
 
 @pytest.mark.guest
-def test_netenv_emits_event_before_reply(protocol_console: GuestConsole) -> None:  # noqa: F811
+def test_netenv_emits_event_before_reply(protocol_console: GuestConsole) -> None:
+    protocol_console.events()  # drop events other tests on the shared guest left queued
     protocol_console.request("netenv fer=12345")
     assert protocol_console.wait_event("netenv", timeout=5).fields == {"fer": "12345"}
 
 
 @pytest.mark.guest
-def test_help_lists_commands(protocol_console: GuestConsole) -> None:  # noqa: F811
+def test_help_lists_commands(protocol_console: GuestConsole) -> None:
     names = protocol_console.request("help").str_field("commands").split(",")
     assert {"ping", "uname", "bench", "tcp-mss", "user-int", "netenv", "help"} <= set(names)
 
@@ -195,7 +201,7 @@ def test_help_lists_commands(protocol_console: GuestConsole) -> None:  # noqa: F
     ("user-int 256", "user-int V"),
     ("netenv fer=abc", "decimal"),
 ])
-def test_bad_requests_get_err_and_guest_survives(protocol_console: GuestConsole,  # noqa: F811
+def test_bad_requests_get_err_and_guest_survives(protocol_console: GuestConsole,
                                                  command: str, message: str) -> None:
     with pytest.raises(GuestCommandError, match=message):
         protocol_console.request(command)

@@ -1,13 +1,9 @@
-"""Plans on the real 2.4.20 vmlinux (skip until a built kernel is known).
-
-Set TRAPSPLICE_TEST_VMLINUX=/path/to/vmlinux; the lead will wire the build fixture.
-"""
+"""Plans on the real 2.4.20 vmlinux built by the rig (the `kernel` fixture)."""
 from __future__ import annotations
 
 import capstone
 import pytest
 
-from ccode import vmlinux_path
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
 from rig.splicer.plan import SpliceRefused, plan_splice
@@ -18,11 +14,8 @@ _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 
 
 @pytest.fixture(scope="module")
-def vmlinux() -> KernelImage:
-    path = vmlinux_path()
-    if path is None:
-        pytest.skip("no built vmlinux (set TRAPSPLICE_TEST_VMLINUX or build the kernel)")
-    return KernelImage.load(path)
+def vmlinux(kernel) -> KernelImage:  # noqa: ANN001 - conftest fixture
+    return KernelImage.load(kernel.vmlinux)
 
 
 @pytest.mark.parametrize("function", ["tcp_sync_mss", "sys_getpid"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 

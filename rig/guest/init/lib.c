@@ -88,6 +88,21 @@ int is_decimal(const char *s)
     return 1;
 }
 
+/* digits with at most one '.', e.g. "0", "0.05", ".5" (a frame error rate) */
+int is_decimal_fraction(const char *s)
+{
+    int digits = 0, dots = 0;
+    for (; *s; s++) {
+        if (*s == '.')
+            dots++;
+        else if (*s >= '0' && *s <= '9')
+            digits++;
+        else
+            return 0;
+    }
+    return digits > 0 && dots <= 1;
+}
+
 void line_reset(struct line *l)
 {
     l->len = 0;

@@ -26,6 +26,7 @@ int str_starts(const char *s, const char *prefix);
 int parse_u32(const char *s, u32 max, u32 *out);
 /* 1 if s is a non-empty run of decimal digits */
 int is_decimal(const char *s);
+int is_decimal_fraction(const char *s);
 
 void line_reset(struct line *l);
 void line_str(struct line *l, const char *s);

@@ -29,8 +29,8 @@ int cmd_netenv(struct request *req)
     if (req->argc != 2 || !str_starts(req->argv[1], "fer="))
         return fail(req, "usage: netenv fer=<decimal>");
     value = req->argv[1] + 4;
-    if (!is_decimal(value))
-        return fail(req, "netenv: fer must be a decimal number");
+    if (!is_decimal_fraction(value))
+        return fail(req, "netenv: fer must be a decimal number such as 0.05");
     line_reset(&event);
     line_str(&event, "@event netenv");
     line_kv_str(&event, "fer", value);
