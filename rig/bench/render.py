@@ -59,7 +59,7 @@ def table1_notes(result: dict[str, Any]) -> list[str]:
     for stat, s in result["summary"].items():
         parts = []
         if s.get("trap_to_jmp") is not None:
-            parts.append(f"trap : jmp splice overhead = 1 : {_ratio(s['trap_to_jmp'])} "
+            parts.append(f"jmp : trap splice overhead = 1 : {_ratio(s['trap_to_jmp'])} "
                          f"(paper 1 : {PAPER_TRAP_RELATIVE:.1f} in P4 cycles)")
         if s.get("trap_to_int_floor") is not None:
             parts.append(f"trap splice / bare int->iret floor = {_ratio(s['trap_to_int_floor'])} "
