@@ -25,6 +25,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from rig.errors import RigError
 from rig.paths import cache_dir
@@ -75,59 +76,57 @@ def initrd_inputs_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _default_out_dir() -> Path:
-    return cache_dir("guest", initrd_inputs_digest())
-
-
 def _is_current(output: Path, stamp: Path, digest: str) -> bool:
     return output.is_file() and stamp.is_file() and stamp.read_text().strip() == digest
 
 
-def _replace_atomically(built: Path, target: Path) -> None:
-    # rename within one directory so a concurrent reader never sees half a file
-    os.replace(built, target)
+def _cached_build(out_dir: Path | None, name: str, make: Callable[[Path], None]) -> Path:
+    """``out_dir/name``, remade by ``make(built)`` unless its digest stamp is current.
+
+    ``make`` writes ``built`` in a fresh scratch directory (which it may also use); the
+    result is renamed into place within ``out_dir``, so a concurrent reader never sees
+    half a file.
+    """
+    digest = initrd_inputs_digest()
+    out_dir = out_dir or cache_dir("guest", digest)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target, stamp = out_dir / name, out_dir / f"{Path(name).stem}.digest"
+    if _is_current(target, stamp, digest):
+        return target
+    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+        built = Path(scratch) / name
+        make(built)
+        os.replace(built, target)
+    stamp.write_text(digest + "\n")
+    return target
 
 
 def build_init(out_dir: Path | None = None) -> Path:
     """Compile init into ``out_dir/init`` (default: the digest-keyed cache dir)."""
-    out_dir = out_dir or _default_out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target, stamp = out_dir / "init", out_dir / "init.digest"
-    digest = initrd_inputs_digest()
-    if _is_current(target, stamp, digest):
-        return target
-    require_gcc_m32()
-    sources = [str(path) for path in init_sources() if path.suffix == ".c"]
-    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
-        built = Path(scratch) / "init"
+    def compile_init(built: Path) -> None:
+        require_gcc_m32()
+        sources = [str(path) for path in init_sources() if path.suffix == ".c"]
         result = subprocess.run(["gcc", *CFLAGS, "-o", str(built), *sources, "-lgcc"],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise RigError("compiling the guest init failed:\n" + (result.stderr or result.stdout),
                            hint="fix the C sources in rig/guest/init/ (gcc's messages above)")
-        _replace_atomically(built, target)
-    stamp.write_text(digest + "\n")
-    return target
+
+    return _cached_build(out_dir, "init", compile_init)
 
 
 def build_initrd(out_dir: Path | None = None) -> Path:
     """Pack init and the device nodes into ``out_dir/initrd.ext2``."""
-    out_dir = out_dir or _default_out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target, stamp = out_dir / "initrd.ext2", out_dir / "initrd.digest"
-    digest = initrd_inputs_digest()
-    if _is_current(target, stamp, digest):
-        return target
-    init = build_init(out_dir)
-    genext2fs = require("genext2fs")
-    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
-        root = Path(scratch) / "root"
+    def pack_image(built: Path) -> None:
+        init = build_init(out_dir)  # None resolves to the same digest-keyed dir
+        scratch = built.parent
+        genext2fs = require("genext2fs")
+        root = scratch / "root"
         root.mkdir()
         (root / "init").write_bytes(init.read_bytes())
         (root / "init").chmod(0o755)
-        table = Path(scratch) / "devices.txt"
+        table = scratch / "devices.txt"
         table.write_text(DEVICE_TABLE)
-        built = Path(scratch) / "initrd.ext2"
         result = subprocess.run(
             [genext2fs, "-U", "-f", "-b", str(IMAGE_BLOCKS), "-N", str(IMAGE_INODES),
              "-d", str(root), "-D", str(table), str(built)],
@@ -135,6 +134,5 @@ def build_initrd(out_dir: Path | None = None) -> Path:
         if result.returncode != 0:
             raise RigError("genext2fs failed to build the initrd:\n" + (result.stderr or result.stdout),
                            hint="check that genext2fs works (apt-get install genext2fs)")
-        _replace_atomically(built, target)
-    stamp.write_text(digest + "\n")
-    return target
+
+    return _cached_build(out_dir, "initrd.ext2", pack_image)
