@@ -376,3 +376,15 @@ def test_kernel_text_through_stub_matches_vmlinux(booted_kernel: tuple[Path, Pat
             gdb.write_memory(0xC1000000, repository[:4])
         assert len(repository) == 64
         print(f"\ntcp_sync_mss via stub == vmlinux; stall {gdb.last_stall_s * 1e3:.2f} ms")
+
+
+def test_memory_fast_path_gives_pygdbmi_s_record() -> None:
+    from pygdbmi.gdbmiparser import parse_response
+
+    from rig.gdb.mi import parse_memory_result
+
+    line = ('12^done,memory=[{begin="0xc011e130",offset="0x00000000",end="0xc011e134",contents="b800e0ff"},'
+            '{begin="0xc011e134",offset="0x00000000",end="0xc011e135",contents="ff"}]')
+    assert parse_memory_result(line) == parse_response(line)
+    assert parse_memory_result('12^done,value="0x1"') is None
+    assert parse_memory_result('12^error,msg="Cannot access memory at address 0x0"') is None
