@@ -21,6 +21,7 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from rig.bench.figure import pyplot, save_figure
 from rig.errors import RigError
 
 MAX_X86_LENGTH = 15
@@ -252,11 +253,9 @@ def histogram_buckets(dist: LengthDistribution, last: int = 10) -> dict[str, flo
 
 def plot_fig4(distributions: Iterable[LengthDistribution], out_png: Path, caption: str = "") -> Path:
     """Grouped bars per object: ratio of occurrence (%) by instruction size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     dists = list(distributions)
     if not dists:
@@ -275,10 +274,4 @@ def plot_fig4(distributions: Iterable[LengthDistribution], out_png: Path, captio
     ax.set_title("Fig. 4 reproduced: distribution of instruction sizes")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, title="paper: at most 30% are >= 5 B", title_fontsize=8)
-    if caption:
-        fig.text(0.01, 0.01, caption, fontsize=7, ha="left", va="bottom", wrap=True)
-        fig.subplots_adjust(bottom=0.2)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, caption)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rig.bench.figure import pyplot, save_figure
 from rig.errors import RigError
 
 PAPER_TRIALS = 10_000
@@ -219,10 +220,7 @@ def simulate(
 
 def plot_fig5(result: Fig5Result, out_png: Path, caption: str = "") -> Path:
     """log-x, log-y average cost vs offset: jmp and trap per variant and cost set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cost_labels = list(dict.fromkeys(c.costs.label for c in result.curves))
     fig, axes = plt.subplots(1, len(cost_labels), figsize=(6.5 * len(cost_labels), 5), squeeze=False)
@@ -244,10 +242,4 @@ def plot_fig5(result: Fig5Result, out_png: Path, caption: str = "") -> Path:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Fig. 5 reproduced: average cost vs offset ({result.trials} trials/offset, seed {result.seed})")
-    if caption:
-        fig.text(0.01, 0.01, caption, fontsize=7, ha="left", va="bottom", wrap=True)
-        fig.subplots_adjust(bottom=0.18)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, caption, bottom=0.18)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rig.bench import fig4, fig5, report
+from rig.bench.figure import pyplot, save_figure
 from rig.bench.provenance import Provenance
 from rig.bench.table1 import PAPER
 from rig.kernel.build import KernelBuild
@@ -94,10 +95,7 @@ def hops_table(census: dict[str, Any]) -> report.Table:
 
 
 def plot_table1(results: list[dict[str, Any]], out_png: Path, caption: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(9, 4.8))
     labels: list[str] = []
@@ -124,11 +122,8 @@ def plot_table1(results: list[dict[str, Any]], out_png: Path, caption: str) -> P
     ax.set_title("Table 1 reproduced: relative cost of splices and floors")
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, caption, fontsize=6, ha="left", va="bottom", wrap=True)
-    fig.subplots_adjust(left=0.32, bottom=0.2)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    fig.subplots_adjust(left=0.32)  # room for the row labels
+    return save_figure(fig, out_png, caption, caption_size=6)
 
 
 def fig5_notes(result: fig5.Fig5Result, census: dict[str, Any] | None) -> list[str]:
