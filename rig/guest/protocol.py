@@ -15,6 +15,7 @@ import itertools
 import socket
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,17 +183,11 @@ class GuestConsole:
         except pexpect.TIMEOUT:
             return False
         except pexpect.EOF:
-            raise RigError("the guest console closed (QEMU exited or the socket dropped)",
-                           hint=f"recent console output:\n{self.tail()}") from None
-        if isinstance(chunk, bytes):
-            if self._log is not None:
-                self._log.write(chunk)
-                self._log.flush()
-            chunk = chunk.decode("utf-8", errors="replace")
-        elif self._log is not None:
-            self._log.write(chunk.encode())
+            raise self._console_error("the guest console closed (QEMU exited or the socket dropped)") from None
+        if self._log is not None:
+            self._log.write(chunk if isinstance(chunk, bytes) else chunk.encode())
             self._log.flush()
-        self._buffer += chunk
+        self._buffer += chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk
         return True
 
     def _next_line(self, deadline: float) -> str | None:
@@ -204,12 +199,12 @@ class GuestConsole:
         self._tail.append(line)
         return line
 
-    def _next_message(self, deadline: float) -> Parsed | bool:
-        """The next protocol message; False on timeout. Noise is skipped, events are queued."""
+    def _next_message(self, deadline: float) -> Reply | Event | ReadyInfo | None:
+        """The next protocol message; None on timeout. Noise is skipped, events are queued."""
         while True:
             line = self._next_line(deadline)
             if line is None:
-                return False
+                return None
             parsed = parse_line(line)
             if parsed is None:
                 continue
@@ -217,16 +212,23 @@ class GuestConsole:
                 self._events.append(parsed)
             return parsed
 
+    def _messages(self, timeout: float, missing: str) -> Iterator[Reply | Event | ReadyInfo]:
+        """Protocol messages as they arrive; RigError "<missing> within <timeout>s" when time is up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._next_message(deadline)
+            if message is None:
+                raise self._console_error(f"{missing} within {timeout:g}s")
+            yield message
+
+    def _console_error(self, message: str) -> RigError:
+        return RigError(message, hint=f"recent console output:\n{self.tail()}")
+
     # --- API ----------------------------------------------------------------
 
     def wait_ready(self, timeout: float) -> ReadyInfo:
         """Wait for the boot banner ``@ready proto=1 kernel=...``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            message = self._next_message(deadline)
-            if message is False:
-                raise RigError(f"the guest did not print its @ready banner within {timeout:g}s",
-                               hint=f"recent console output:\n{self.tail()}")
+        for message in self._messages(timeout, "the guest did not print its @ready banner"):
             if isinstance(message, ReadyInfo):
                 if message.proto != PROTOCOL_VERSION:
                     raise RigError(f"guest speaks protocol {message.proto}, the rig speaks "
@@ -245,16 +247,10 @@ class GuestConsole:
                            hint="a command is one non-empty line")
         ident = next(self._ids)
         self._spawn.send(f"{ident} {command}\n".encode())
-        deadline = time.monotonic() + timeout
-        while True:
-            message = self._next_message(deadline)
-            if message is False:
-                raise RigError(f"no reply from the guest to '{command}' within {timeout:g}s",
-                               hint=f"recent console output:\n{self.tail()}")
+        for message in self._messages(timeout, f"no reply from the guest to '{command}'"):
             if isinstance(message, ReadyInfo):
                 self.ready = message
-                raise RigError(f"the guest restarted while running '{command}'",
-                               hint=f"recent console output:\n{self.tail()}")
+                raise self._console_error(f"the guest restarted while running '{command}'")
             if isinstance(message, Reply) and message.id == ident:
                 if not message.ok:
                     raise GuestCommandError(command, message.message, self.tail())
@@ -269,15 +265,13 @@ class GuestConsole:
 
     def wait_event(self, name: str, timeout: float) -> Event:
         """Take the first queued or newly arriving event called ``name``."""
-        deadline = time.monotonic() + timeout
+        messages = self._messages(timeout, f"no '@event {name}' from the guest")
         while True:
             for event in self._events:
                 if event.name == name:
                     self._events.remove(event)
                     return event
-            if self._next_message(deadline) is False:
-                raise RigError(f"no '@event {name}' from the guest within {timeout:g}s",
-                               hint=f"recent console output:\n{self.tail()}")
+            next(messages)  # arriving events are queued by _next_message
 
     def resync(self, timeout: float = 10.0) -> Reply:
         """Get in step with an already running guest: blank line, drain, ping."""
@@ -285,7 +279,7 @@ class GuestConsole:
         # let stale output drain (events in it are still queued), for at most 1 s
         drain_end = time.monotonic() + 1.0
         while time.monotonic() < drain_end:
-            if self._next_message(min(time.monotonic() + 0.2, drain_end)) is False:
+            if self._next_message(min(time.monotonic() + 0.2, drain_end)) is None:
                 break
         self._buffer = ""  # a half line left over cannot be a reply to the ping
         return self.request("ping", timeout=timeout)
