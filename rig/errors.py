@@ -16,3 +16,11 @@ class RigError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class Refused(RigError):
+    """Something the rig will not do safely; ``reason`` is a stable code callers and tests match on."""
+
+    def __init__(self, reason: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.reason = reason

@@ -24,7 +24,7 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from rig.errors import RigError
+from rig.errors import Refused
 
 META_SECTION = ".trapsplice"
 SECTION_ALIGN = 16
@@ -36,12 +36,8 @@ _ABSOLUTE, _PC_RELATIVE = 1, 2
 _SUPPORTED = {1: _ABSOLUTE, 2: _PC_RELATIVE, 4: _PC_RELATIVE}
 
 
-class ComponentRefused(RigError):
-    """A component the loader will not load; ``reason`` is a stable code tests match on."""
-
-    def __init__(self, reason: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message, hint)
-        self.reason = reason
+class ComponentRefused(Refused):
+    """A component the loader will not load."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import iced_x86 as ix
 
-from rig.errors import RigError
+from rig.errors import Refused
 from rig.splicer import springboard as sb
 from rig.splicer.analysis import FunctionCode, Instruction, decode
 from rig.splicer.image import ByteRange, PaddingGap
@@ -43,12 +43,8 @@ _TARGETED = (PatchKind.CALL, PatchKind.REPLACE, PatchKind.WRAP)
 _COUNTED = (PatchKind.COUNTER, PatchKind.REPLACE, PatchKind.WRAP)
 
 
-class SpliceRefused(RigError):
-    """A splice that cannot be made safely; ``reason`` is a stable code tests and tasks match on."""
-
-    def __init__(self, reason: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message, hint)
-        self.reason = reason
+class SpliceRefused(Refused):
+    """A splice that cannot be made safely."""
 
 
 @dataclass(frozen=True)
