@@ -7,23 +7,30 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 KERNEL_LIKE_FLAGS = ["-m32", "-O2", "-fno-pic", "-fno-pie", "-fcf-protection=none",
                      "-fno-asynchronous-unwind-tables", "-fno-stack-protector"]
+# gcc's own defaults for 32-bit code, as the bench's instruction-size tests compile it
+PLAIN_FLAGS = ["-m32", "-O2"]
 
 
-def compile_c(source: str, directory: Path, name: str = "snippet", extra: list[str] | None = None) -> Path:
-    """Return the path of the object file built from ``source`` (skips the test without gcc -m32)."""
+def compile_c(source: str, directory: Path, name: str = "snippet", extra: list[str] | None = None,
+              flags: Sequence[str] = KERNEL_LIKE_FLAGS) -> Path:
+    """Return the path of the object ``directory/name.o`` built from ``source`` with ``flags`` + ``extra``.
+
+    Skips the test without a working gcc -m32; any other compile error fails it.
+    """
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc is not installed (apt-get install gcc gcc-multilib)")
     src = directory / f"{name}.c"
     obj = directory / f"{name}.o"
     src.write_text(source)
-    result = subprocess.run([gcc, *KERNEL_LIKE_FLAGS, *(extra or []), "-c", str(src), "-o", str(obj)],
+    result = subprocess.run([gcc, *flags, *(extra or []), "-c", str(src), "-o", str(obj)],
                             capture_output=True, text=True)
     if result.returncode != 0:
         if "-m32" in result.stderr or "bits/" in result.stderr or "gnu/stubs-32" in result.stderr:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 from pathlib import Path
 
 import capstone
@@ -20,6 +18,7 @@ from rig.bench.fig4 import (
     plot_fig4,
 )
 from rig.errors import RigError
+from ccode import PLAIN_FLAGS, compile_c
 
 SOURCES = {
     "sched_like.c": r"""
@@ -69,19 +68,7 @@ SOURCES = {
 
 
 def compile_objects(directory: Path) -> list[Path]:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc not installed (apt-get install gcc gcc-multilib)")
-    objects = []
-    for name, text in SOURCES.items():
-        source = directory / name
-        source.write_text(text)
-        obj = source.with_suffix(".o")
-        done = subprocess.run([gcc, "-m32", "-O2", "-c", str(source), "-o", str(obj)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"gcc -m32 cannot compile here (gcc-multilib missing?): {done.stderr.strip()[:200]}")
-        objects.append(obj)
-    return objects
+    return [compile_c(text, directory, Path(name).stem, flags=PLAIN_FLAGS) for name, text in SOURCES.items()]
 
 
 @pytest.fixture(scope="module")
@@ -153,16 +140,12 @@ def test_padding_between_functions_is_not_swept(objects: list[Path]) -> None:
 
 def test_ud2_inline_data_is_skipped_not_decoded(tmp_path: Path) -> None:
     # The 2.4 BUG() idiom compiled for real (non-PIC, as the kernel): ud2, .word line, .long file.
-    source = tmp_path / "bug.c"
-    source.write_text(r"""
+    obj = compile_c(r"""
         void bug_if(int *p) {
             if (!p) __asm__ __volatile__("ud2\n\t.word %c0\n\t.long %c1" : : "i"(123), "i"("bug.c"));
             *p = 42;
         }
-    """)
-    obj = tmp_path / "bug.o"
-    if subprocess.run(["gcc", "-m32", "-O2", "-fno-pic", "-c", str(source), "-o", str(obj)]).returncode != 0:
-        pytest.skip("gcc -m32 unavailable")
+    """, tmp_path, "bug", ["-fno-pic"], flags=PLAIN_FLAGS)
     plain = length_distribution(obj)
     kernel_style = length_distribution(obj, ud2_data_bytes=LINUX_24_BUG_DATA_BYTES)
     assert kernel_style.inline_data == LINUX_24_BUG_DATA_BYTES

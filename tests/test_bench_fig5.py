@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from rig.bench.fig5 import (
     simulate,
 )
 from rig.errors import RigError
+from ccode import PLAIN_FLAGS, compile_c
 
 SOURCE = r"""
     struct page { unsigned long flags; int count; struct page *next; unsigned long index; };
@@ -48,15 +47,7 @@ SEED = 20050101
 
 @pytest.fixture(scope="module")
 def counts(tmp_path_factory: pytest.TempPathFactory) -> dict[int, int]:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed (apt-get install gcc gcc-multilib)")
-    directory = tmp_path_factory.mktemp("fig5")
-    (directory / "mm.c").write_text(SOURCE)
-    done = subprocess.run(["gcc", "-m32", "-O2", "-c", str(directory / "mm.c"), "-o", str(directory / "mm.o")],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"gcc -m32 unavailable: {done.stderr.strip()[:200]}")
-    dist = length_distribution(directory / "mm.o")
+    dist = length_distribution(compile_c(SOURCE, tmp_path_factory.mktemp("fig5"), "mm", flags=PLAIN_FLAGS))
     # The model is only interesting if the code has both short and long sites.
     assert sum(c for n, c in dist.counts.items() if 2 <= n <= 4) > 0
     assert sum(c for n, c in dist.counts.items() if n >= 5) > 0

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from rig.bench.report import (
     write_report,
 )
 from rig.errors import RigError
+from ccode import PLAIN_FLAGS, compile_c
 
 SOURCE = r"""
     int fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
@@ -39,15 +38,7 @@ SOURCE = r"""
 
 @pytest.fixture(scope="module")
 def obj(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc not installed (apt-get install gcc gcc-multilib)")
-    directory = tmp_path_factory.mktemp("report")
-    (directory / "lib.c").write_text(SOURCE)
-    done = subprocess.run(["gcc", "-m32", "-O2", "-c", str(directory / "lib.c"), "-o", str(directory / "lib.o")],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"gcc -m32 unavailable: {done.stderr.strip()[:200]}")
-    return directory / "lib.o"
+    return compile_c(SOURCE, tmp_path_factory.mktemp("report"), "lib", flags=PLAIN_FLAGS)
 
 
 def test_run_dirs_are_unique_and_json_round_trips(tmp_path: Path) -> None:
