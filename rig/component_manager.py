@@ -274,6 +274,3 @@ class ComponentManager:
         result = self.inst.splice(function, mode=mode, policy=policy, offset=offset, patch_kind=kind,
                                   call_target=target)
         return loaded, result
-
-    def spliced_slots(self, component: str) -> tuple[int, ...]:
-        return self.find(component).users

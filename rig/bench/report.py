@@ -158,7 +158,3 @@ def rich_table(table: Table, provenance: Provenance) -> RichTable:
 
 def fig4_rich(distributions: Sequence[LengthDistribution], provenance: Provenance) -> RichTable:
     return rich_table(fig4_table(distributions), provenance)
-
-
-def fig5_rich(result: Fig5Result, provenance: Provenance) -> RichTable:
-    return rich_table(fig5_table(result), provenance)

@@ -13,7 +13,6 @@ hangs off an empty QEMU hub, with no route to any network.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -153,13 +152,6 @@ class QemuMachine:
     def pid(self) -> int | None:
         return self._pid
 
-    def is_running(self) -> bool:
-        if self._pid is None:
-            return False
-        if self._process is not None:
-            return self._process.poll() is None
-        return pid_is_qemu(self._pid)
-
     def _console_tail(self) -> str:
         try:
             text = self.config.console_log.read_text(errors="replace")
@@ -219,9 +211,6 @@ class QemuMachine:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.shutdown()
-
-    def remove_run_dir(self) -> None:
-        shutil.rmtree(self.config.run_dir, ignore_errors=True)
 
 
 def pid_is_qemu(pid: int) -> bool:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import bisect
 import difflib
-import hashlib
 import struct
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 from elftools.elf.constants import SH_FLAGS
@@ -266,12 +264,6 @@ class KernelImage:
         if sec is None or not sec.contains(address, 4):
             return None
         return struct.unpack_from("<I", sec.data, address - sec.address)[0]
-
-    @cached_property
-    def text_digest(self) -> str:
-        """sha256 of .text: ties a plan to the exact kernel it was made for."""
-        text = self.sections.get(".text")
-        return hashlib.sha256(text.data if text else b"").hexdigest()
 
     # ---- free space ----------------------------------------------------------------------
     def padding_gaps(self, section: str = ".text") -> list[PaddingGap]:
