@@ -44,7 +44,7 @@ class BenchOptions:
     latency_cycles: int = DEFAULT_LATENCY_CYCLES
     counter_rows: bool = False
     seed: int = DEFAULT_SEED
-    reports_root: Path = field(default_factory=lambda: paths.REPO_ROOT / "reports")
+    reports_root: Path = field(default_factory=paths.reports_dir)
 
     def check(self) -> None:
         if not (self.table1 or self.fig4 or self.fig5):

@@ -60,8 +60,8 @@ COMPONENT_REGION_OFFSET = COMPONENT_TABLE_OFFSET + COMPONENT_TABLE_SIZE
 _HEADER = struct.Struct("<8sIIIIIIIIII")
 HEADER_HITS_OFFSET = 8 + 4 * 4  # magic, version, size, vector, handler -> hits
 _TABLE_ENTRY = struct.Struct("<II")
-_SLOT_HEAD = struct.Struct("<BBBBBBBxIIII16s")
-_SPRINGBOARD = struct.Struct("<IB7s")
+_SLOT_HEAD = struct.Struct(f"<BBBBBBBxIIII{MAX_ORIGINAL}s")
+_SPRINGBOARD = struct.Struct(f"<IB{SPRINGBOARD_MAX_BYTES}s")
 
 
 class Mode(enum.IntEnum):
