@@ -1,2 +1,2 @@
-"""Guest-free parts of the benchmark reports: Fig. 4 (instruction sizes), Fig. 5 (cost model),
-provenance and the report writer."""
+"""The benchmark behind ``invoke bench``: Table 1 measured in booted guests, Fig. 4 and the hop
+census from the built kernel, the Fig. 5 cost model, and the report (provenance, tables, figures)."""
