@@ -69,14 +69,15 @@ def boot(c, source=None, accel="auto", icount=None):
 
 
 def _show_guest(state: lifecycle.GuestState, title: str) -> None:
+    config = state.machine_config()
     console.print(ui.key_value_table(title, [
         ("kernel", f"Linux {state.release} (build {state.kernel.build_id})"),
         ("accelerator", f"{state.clock.name} — {state.accel_reason}"),
         ("guest TSC", state.clock.meaning),
         ("boot time", f"{state.boot_seconds:.2f} s to the init banner"),
         ("qemu pid", str(state.pid)),
-        ("gdb stub", f"{state.run_dir}/gdb.sock (unix socket, private)"),
-        ("console", f"{state.run_dir}/console.sock (invoke console)"),
+        ("gdb stub", f"{config.gdb_socket} (unix socket, private)"),
+        ("console", f"{config.console_socket} (invoke console)"),
     ]))
 
 

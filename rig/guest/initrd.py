@@ -14,9 +14,9 @@ The image is **ext2 made by genext2fs**, because:
 Init still creates ``/dev/console`` itself if the node is missing, so a
 hand-made image without nodes also works.
 
-Outputs are cached in ``cache_dir("guest", <digest>)`` where the digest covers
-the init sources, the compiler flags, the gcc version and the image layout;
-nothing is rebuilt while those stay the same.
+Outputs go to ``out_dir`` (default ``cache_dir("guest", <digest>)``) next to a
+stamp of the digest, which covers the init sources, the compiler flags, the gcc
+version and the image layout; nothing is rebuilt while those stay the same.
 """
 from __future__ import annotations
 

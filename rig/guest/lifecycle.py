@@ -130,7 +130,7 @@ def instrumenter(start: bool = True) -> Iterator[tuple[GuestState, Instrumenter]
         if not start:
             raise RigError("no guest is running", hint="start one with: invoke boot")
         state, _ = boot_background(prepare())
-    with instrument.connect(Path(state.run_dir) / "gdb.sock", state.kernel) as manager:
+    with instrument.connect(state.machine_config().gdb_socket, state.kernel) as manager:
         yield state, manager
 
 
