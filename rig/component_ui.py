@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from rig.adapt import Adaptation
+from rig.adapt import COMPONENT, FUNCTION, Adaptation
 from rig.component_manager import LoadedComponent, ParamSet
 from rig.guest.protocol import Event
 
@@ -29,8 +29,8 @@ def param_line(done: ParamSet) -> str:
 def adaptation_line(event: Event, adaptation: Adaptation) -> str:
     steps = []
     if adaptation.loaded_now:
-        steps.append("loaded mss_adapt")
+        steps.append(f"loaded {COMPONENT}")
     if adaptation.spliced_slot is not None:
-        steps.append(f"spliced tcp_sync_mss → mss_adapt (slot {adaptation.spliced_slot})")
+        steps.append(f"spliced {FUNCTION} → {COMPONENT} (slot {adaptation.spliced_slot})")
     steps.append(param_line(adaptation.param))
     return f"{event.raw}: " + "; ".join(steps)
