@@ -6,9 +6,8 @@ from pathlib import Path
 import capstone
 import pytest
 
-from rig.splicer import springboard as sb
 from rig.splicer.analysis import FunctionCode, disassemble_function
-from rig.splicer.image import KernelImage, PaddingGap
+from rig.splicer.image import KernelImage
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.plan import PatchKind, SplicePlan, SpliceRefused, plan_splice, undo_writes
 from rig.splicer.repository import FREE_KEY, Mode, Policy, RepositoryLayout, decode_slot, decode_table
@@ -255,22 +254,6 @@ def test_short_instruction_under_single_uses_springboards(image: KernelImage) ->
     gaps = image.padding_gaps()
     for board in p.springboards:
         assert any(g.start <= board.address and board.address + len(board.data) <= g.end for g in gaps)
-
-
-def test_multi_hop_chain_when_near_gaps_are_small(image: KernelImage) -> None:
-    """Real padding, but the gaps near the point are cut to 2 bytes: only a chain reaches 5."""
-    code = code_of(image, "use_smalls")
-    short = first_with(code, lambda i: 2 <= i.size < 5)
-    gaps = image.padding_gaps()
-    near = [g for g in gaps if abs(g.start - short) <= 100]
-    far = [g for g in gaps if g not in near]
-    cut = [PaddingGap(g.start, 2, g.original[:2]) for g in near] + far
-    route = sb.find_route(short, sb.free_ranges(cut, []), 6)
-    if route is None or len(route) < 2:
-        pytest.skip("gcc's layout left no reachable far gap for a two-hop route")
-    p = plan(image, "use_smalls", short, Mode.JMP, Policy.SINGLE, springboard_space=cut)
-    assert len(p.springboards) >= 2
-    _check_chain(p)
 
 
 def test_springboards_of_active_splices_are_not_reused(image: KernelImage) -> None:

@@ -47,3 +47,39 @@ def test_short_instruction_point_needs_springboards(vmlinux: KernelImage) -> Non
             assert plan.new_bytes[0] == 0xEB
             return
     pytest.fail("no short instruction in tcp_sync_mss could be reached through springboards")
+
+
+def test_natural_multi_hop_chain_in_the_scheduler(vmlinux: KernelImage) -> None:
+    """Where the padding next to a short instruction is too small, the route chains rel8 hops."""
+    gaps = vmlinux.padding_gaps()
+    for function in vmlinux.functions_in(".text"):
+        if not function.name.startswith(("schedule", "sys_sched", "wake_up", "__wake_up", "sleep_on")):
+            continue
+        code = disassemble_function(vmlinux, function)
+        for insn in code.instructions:
+            if not 2 <= insn.size < 5:
+                continue
+            try:
+                plan = plan_splice(code, insn.address, Mode.JMP, Policy.SINGLE, LAYOUT, 0, springboard_space=gaps)
+            except SpliceRefused:
+                continue
+            if len(plan.springboards) < 2:
+                continue
+            at, data, jumps = plan.point, plan.new_bytes, 0
+            boards = {b.address: b.data for b in plan.springboards}
+            while True:  # follow the chain: rel8 hops in range, one final rel32 into the patch
+                jump = next(_md.disasm(data, at, count=1))
+                assert jump.mnemonic == "jmp"
+                jumps += 1
+                target = int(jump.op_str, 16)
+                if jump.size == 2:
+                    assert -128 <= target - (at + 2) <= 127
+                    at, data = target, boards[target]
+                    continue
+                assert jump.size == 5 and target == plan.patch_address
+                break
+            assert jumps == plan.hops == len(plan.springboards) + 1
+            for board in plan.springboards:
+                assert board.original == vmlinux.text_bytes(board.address, len(board.original))
+            return
+    pytest.fail("no short instruction in the scheduler needs a chain of two or more springboards")
