@@ -10,7 +10,8 @@ from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import KernelImage
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.plan import PatchKind, SplicePlan, SpliceRefused, plan_splice, undo_writes
-from rig.splicer.repository import FREE_KEY, Mode, Policy, RepositoryLayout, decode_slot, decode_table
+from rig.splicer.repository import (FREE_KEY, Mode, Policy, RepositoryLayout, decode_slot, decode_table,
+                                    encode_table_entry)
 from ccode import snippet_object  # noqa: F401  (fixture)
 
 LAYOUT = RepositoryLayout()
@@ -149,9 +150,16 @@ def test_point_already_spliced(image: KernelImage) -> None:
                    active=[record]) == "slot-in-use"
 
 
-def test_int3_mode_is_not_supported(image: KernelImage) -> None:
-    entry = image.function("caller").address
-    assert refusal(image, "caller", entry, Mode.INT3, Policy.SINGLE) == "mode-unsupported"
+def test_int3_takes_a_one_byte_instruction_alone(image: KernelImage) -> None:
+    code = code_of(image, "caller")
+    one = first_with(code, lambda i: i.size == 1)
+    p = plan(image, "caller", one, Mode.INT3, Policy.SINGLE)
+    assert p.window.length == 1 and p.new_bytes == b"\xcc" and p.hops == 0
+    assert p.trap_return == one + 1  # the EIP the CPU saves for int3
+    entry = next(w for w in p.writes if w.role == "trap-table")
+    assert entry.data == encode_table_entry(one + 1, p.patch_address)
+    assert p.writes[-1].role == "point" and p.undo[0].data == p.original
+    assert any(w.role == "trap-table" for w in p.undo)  # the table entry is released on undo
 
 
 # ---- write order, undo ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from rig.splicer import idt
 from rig.splicer.image import ByteRange
 from rig.splicer.repository import (Mode, Policy, RepositoryLayout, SlotRecord, SpringboardRecord,
                                     decode_header, decode_slot, encode_header, encode_slot,
-                                    install_writes, trap_handler_code)
+                                    install_writes, int3_handler_code, trap_handler_code)
 from rig.splicer.stackcheck import busy_words
 
 LAYOUT = RepositoryLayout()
@@ -84,3 +84,18 @@ def test_busy_words_only_strictly_inside() -> None:
     words = [(0xC0100010, "first byte"), (0xC0100012, "middle"), (0xC0100015, "after")]
     assert [b.origin for b in busy_words([window], words)] == ["middle"]
     assert [b.origin for b in busy_words([window], words, allow_first_byte=False)] == ["first byte", "middle"]
+
+
+def test_int3_handler_chains_user_mode_and_misses_to_the_kernel() -> None:
+    kernel_int3 = 0xC010A92C
+    code = int3_handler_code(LAYOUT, kernel_int3)
+    insns = list(_md.disasm(code, LAYOUT.int3_handler))
+    assert sum(i.size for i in insns) == len(code)
+    text = [f"{i.mnemonic} {i.op_str}".strip() for i in insns]
+    assert text[0] == "test byte ptr [esp + 4], 3"  # saved CS: from user mode?
+    assert text[1].startswith("jne ") and int(text[1].split()[1], 16) == insns[-1].address
+    assert text[-1] == f"jmp {kernel_int3:#x}"      # user mode and unknown int3s: the kernel's entry
+    assert text.count("iretd") == 1                 # only a found entry returns into a patch
+    assert f"inc dword ptr [{LAYOUT.handler_hits:#x}]" in text
+    assert LAYOUT.handler + len(trap_handler_code(LAYOUT)) <= LAYOUT.int3_handler
+    assert LAYOUT.int3_handler + len(code) <= LAYOUT.table

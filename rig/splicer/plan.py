@@ -23,6 +23,7 @@ from rig.splicer.repository import (FREE_KEY, MAX_ORIGINAL, MAX_SPRINGBOARDS, PA
                                     encode_table_entry)
 
 TRAP_SIZE = 2       # int $n: CD nn
+INT3_SIZE = 1       # int3: CC
 REL32_SIZE = 5      # jmp rel32: E9 xx xx xx xx
 FILLER = 0xCC       # window bytes after the branch: int3, so a stray jump there stops loudly
 
@@ -69,7 +70,7 @@ class SplicePlan:
     counter_address: int | None
     springboards: tuple[Springboard, ...]
     hops: int                         # jumps executed from the point to the patch (trap: 0)
-    trap_return: int | None           # EIP the trap handler looks up (point + 2), trap mode only
+    trap_return: int | None           # EIP the handler looks up (point + 2, int3: point + 1); jmp: None
     writes: tuple[MemoryWrite, ...]   # apply in order; the point is last
     undo: tuple[MemoryWrite, ...]     # apply in order; the point is first
     before: str = ""
@@ -97,9 +98,6 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
     ``springboards`` (jmp mode): force a chain of exactly that many springboards (0: a direct
     jmp rel32 or nothing) even where a shorter route or a rel32 fits -- for measuring chains.
     ``call_target`` (PatchKind.CALL): the routine the patch calls with all registers saved."""
-    if mode is Mode.INT3:
-        raise SpliceRefused("mode-unsupported", "int3 splicing is not supported",
-                            "vector 3 is the kernel's debug trap; use --mode trap (int $n) or jmp")
     if mode is Mode.TRAP and vector is None:
         raise SpliceRefused("no-vector", "a trap splice needs the IDT vector of the installed handler",
                             "install the repository first; it picks a free vector")
@@ -121,10 +119,13 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
     occupied = [ByteRange(b.address, len(b.original)) for rec in active if rec.in_use for b in rec.springboards]
     free = sb.free_ranges(springboard_space, occupied)
 
+    route: list[sb.Hop] = []
     if mode is Mode.TRAP:
         window = _choose_window(code, point, TRAP_SIZE, policy)
-        route: list[sb.Hop] = []
         branch = bytes([0xCD, vector & 0xFF])
+    elif mode is Mode.INT3:
+        window = _choose_window(code, point, INT3_SIZE, policy)
+        branch = bytes([0xCC])
     else:
         window, route, branch = _jmp_window(code, point, policy, layout.patch_code(slot), free, springboards)
 
@@ -139,11 +140,12 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
     original = b"".join(i.bytes for i in instructions)
     new_bytes = branch + bytes([FILLER]) * (window.length - len(branch))
     springboards = tuple(_encode_hops(route, springboard_space, patch_address))
-    hops = 0 if mode is Mode.TRAP else 1 + len(springboards)
+    hops = 1 + len(springboards) if mode is Mode.JMP else 0
     record = SlotRecord(True, int(mode), int(policy), window.length, len(branch), hops, point, window.end,
                         patch_address, counter or 0, original,
                         tuple(SpringboardRecord(b.address, b.original) for b in springboards))
-    trap_return = point + TRAP_SIZE if mode is Mode.TRAP else None
+    # The handlers look up the EIP the CPU saved: the byte after the trapping instruction.
+    trap_return = point + len(branch) if mode in (Mode.TRAP, Mode.INT3) else None
     writes, undo = _writes(layout, slot, record, patch_code, counter, springboards, new_bytes, trap_return)
     after = [*decode(new_bytes, point), *decode(patch_code, patch_address)]
     for board in springboards:
@@ -179,7 +181,7 @@ def undo_writes(layout: RepositoryLayout, slot: int, record: SlotRecord,
     """
     undo = [MemoryWrite(record.point, record.original, "point", expect=expect_new)]
     undo += [MemoryWrite(b.address, b.original, "springboard") for b in record.springboards]
-    if record.mode == Mode.TRAP:
+    if record.mode in (Mode.TRAP, Mode.INT3):
         undo.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(FREE_KEY, 0), "trap-table"))
     undo.append(MemoryWrite(layout.slot_record(slot), bytes(SLOT_RECORD_SIZE), "slot"))
     return undo

@@ -8,6 +8,7 @@ not a host-side file, is the record of what is spliced:
     base+0x0000  header   magic "TRAPSPLC", version, size, vector, handler address, handler hits,
                           slot count, table/slot/patch addresses, patch area size
     base+0x0100  trap handler stub (interrupt gate target)
+    base+0x0180  int3 handler stub (vector 3 while int3 splices exist; chains to the kernel's)
     base+0x0200  trap table: (return EIP, patch address) u32 pairs, one per slot, key 0 ends it,
                  key FREE_KEY marks a released slot (kept so later entries stay reachable)
     base+0x1000  slot table: one SLOT_RECORD_SIZE record per slot
@@ -40,6 +41,7 @@ DEFAULT_BASE = 0xC1000000
 DEFAULT_SIZE = 4 << 20
 HANDLER_OFFSET = 0x100
 HANDLER_MAX = 0x100
+INT3_HANDLER_OFFSET = 0x180   # second half of the handler region: the int3 stub
 TABLE_OFFSET = 0x200
 SLOT_TABLE_OFFSET = 0x1000
 SLOT_RECORD_SIZE = 128
@@ -67,7 +69,7 @@ _SPRINGBOARD = struct.Struct(f"<IB{SPRINGBOARD_MAX_BYTES}s")
 class Mode(enum.IntEnum):
     TRAP = 1   # int $n through a private IDT vector
     JMP = 2    # jmp rel32, or jmp rel8 hops through springboards
-    INT3 = 3   # reserved: vector 3 belongs to the kernel's debug path; refused for now
+    INT3 = 3   # int3 (1 byte) through the kernel's own vector 3, re-pointed at a chaining stub
 
 
 class Policy(enum.IntEnum):
@@ -128,6 +130,10 @@ class RepositoryLayout:
     @property
     def handler(self) -> int:
         return self.base + HANDLER_OFFSET
+
+    @property
+    def int3_handler(self) -> int:
+        return self.base + INT3_HANDLER_OFFSET
 
     @property
     def handler_hits(self) -> int:
@@ -243,6 +249,34 @@ def decode_table(raw: bytes) -> list[tuple[int, int]]:
 
 
 # ---- the trap handler stub --------------------------------------------------------------------
+def _label(label: int, instr: ix.Instruction) -> ix.Instruction:
+    instr.ip = label  # iced matches branch targets to instruction ips: a label id
+    return instr
+
+
+def _table_scan(layout: RepositoryLayout, scan: int, found: int, missing: int) -> list[ix.Instruction]:
+    """eax = saved EIP; walk the trap table from esi: to ``found`` with esi at the entry, or ``missing``."""
+    mem, reg, code = ix.MemoryOperand, ix.Register, ix.Code
+    return [
+        ix.Instruction.create_reg_u32(code.MOV_R32_IMM32, reg.ESI, layout.table),
+        _label(scan, ix.Instruction.create_mem_i32(code.CMP_RM32_IMM8, mem(reg.ESI), 0)),
+        ix.Instruction.create_branch(code.JE_REL8_32, missing),
+        ix.Instruction.create_reg_mem(code.CMP_R32_RM32, reg.EAX, mem(reg.ESI)),
+        ix.Instruction.create_branch(code.JE_REL8_32, found),
+        ix.Instruction.create_reg_i32(code.ADD_RM32_IMM8, reg.ESI, 8),
+        ix.Instruction.create_branch(code.JMP_REL8_32, scan),
+    ]
+
+
+def _encode(body: list[ix.Instruction], address: int, limit: int, what: str) -> bytes:
+    encoder = ix.BlockEncoder(32)
+    encoder.add_many(body)
+    stub = encoder.encode(address)
+    if len(stub) > limit:
+        raise AssertionError(f"{what} outgrew its region")
+    return stub
+
+
 def trap_handler_code(layout: RepositoryLayout) -> bytes:
     """Interrupt-gate target for the splice vector, assembled with iced-x86.
 
@@ -253,46 +287,64 @@ def trap_handler_code(layout: RepositoryLayout) -> bytes:
     Not found (should not happen: a table entry is written before its point): the saved EIP
     stays, execution resumes after the ``int`` in the middle of the overwritten window.
     """
-    mem = ix.MemoryOperand
-    reg = ix.Register
-    code = ix.Code
-    scan, found, done = 1, 2, 3  # label ids (iced matches branch targets to instruction ips)
-
-    def at(label: int, instr: ix.Instruction) -> ix.Instruction:
-        instr.ip = label
-        return instr
-
+    mem, reg, code = ix.MemoryOperand, ix.Register, ix.Code
+    scan, found, done = 1, 2, 3
     body = [
         ix.Instruction.create_mem(code.INC_RM32, mem(displ=layout.handler_hits, displ_size=4)),
         ix.Instruction.create_reg(code.PUSH_R32, reg.EAX),
         ix.Instruction.create_reg(code.PUSH_R32, reg.ESI),
         ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESP, displ=8, displ_size=1)),
-        ix.Instruction.create_reg_u32(code.MOV_R32_IMM32, reg.ESI, layout.table),
-        at(scan, ix.Instruction.create_mem_i32(code.CMP_RM32_IMM8, mem(reg.ESI), 0)),
-        ix.Instruction.create_branch(code.JE_REL8_32, done),
-        ix.Instruction.create_reg_mem(code.CMP_R32_RM32, reg.EAX, mem(reg.ESI)),
-        ix.Instruction.create_branch(code.JE_REL8_32, found),
-        ix.Instruction.create_reg_i32(code.ADD_RM32_IMM8, reg.ESI, 8),
-        ix.Instruction.create_branch(code.JMP_REL8_32, scan),
-        at(found, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESI, displ=4, displ_size=1))),
+        *_table_scan(layout, scan, found, done),
+        _label(found, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESI, displ=4, displ_size=1))),
         ix.Instruction.create_mem_reg(code.MOV_RM32_R32, mem(reg.ESP, displ=8, displ_size=1), reg.EAX),
-        at(done, ix.Instruction.create_reg(code.POP_R32, reg.ESI)),
+        _label(done, ix.Instruction.create_reg(code.POP_R32, reg.ESI)),
         ix.Instruction.create_reg(code.POP_R32, reg.EAX),
         ix.Instruction.create(code.IRETD),
     ]
-    encoder = ix.BlockEncoder(32)
-    encoder.add_many(body)
-    stub = encoder.encode(layout.handler)
-    if len(stub) > HANDLER_MAX:
-        raise AssertionError("trap handler outgrew its region")
-    return stub
+    return _encode(body, layout.handler, INT3_HANDLER_OFFSET - HANDLER_OFFSET, "trap handler")
+
+
+def int3_handler_code(layout: RepositoryLayout, kernel_int3: int) -> bytes:
+    """Target of vector 3 while int3 splices exist: the kernel's own gate, only re-pointed here.
+
+    Vector 3 stays what 2.4 made it (a DPL-3 trap gate: user-space debuggers use ``int3``), so
+    the stub first hands every ``int3`` from user mode (saved CS with RPL 3) to the kernel's own
+    ``int3`` entry unchanged. From kernel mode it looks the saved EIP (point + 1) up in the
+    trap table: found, it counts the hit and ``iret``s into the patch; not found (an ``int3``
+    that is not ours), it restores eax/esi and jumps to the kernel's entry too.
+    """
+    mem, reg, code = ix.MemoryOperand, ix.Register, ix.Code
+    scan, found, missing, chain = 1, 2, 3, 4
+    body = [
+        ix.Instruction.create_mem_u32(code.TEST_RM8_IMM8, mem(reg.ESP, displ=4, displ_size=1), 3),
+        ix.Instruction.create_branch(code.JNE_REL8_32, chain),
+        ix.Instruction.create_reg(code.PUSH_R32, reg.EAX),
+        ix.Instruction.create_reg(code.PUSH_R32, reg.ESI),
+        ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESP, displ=8, displ_size=1)),
+        *_table_scan(layout, scan, found, missing),
+        _label(found, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESI, displ=4, displ_size=1))),
+        ix.Instruction.create_mem_reg(code.MOV_RM32_R32, mem(reg.ESP, displ=8, displ_size=1), reg.EAX),
+        ix.Instruction.create_mem(code.INC_RM32, mem(displ=layout.handler_hits, displ_size=4)),
+        ix.Instruction.create_reg(code.POP_R32, reg.ESI),
+        ix.Instruction.create_reg(code.POP_R32, reg.EAX),
+        ix.Instruction.create(code.IRETD),
+        _label(missing, ix.Instruction.create_reg(code.POP_R32, reg.ESI)),
+        ix.Instruction.create_reg(code.POP_R32, reg.EAX),
+        _label(chain, ix.Instruction.create_branch(code.JMP_REL32_32, kernel_int3)),
+    ]
+    return _encode(body, layout.int3_handler, HANDLER_MAX - (INT3_HANDLER_OFFSET - HANDLER_OFFSET), "int3 handler")
 
 
 def install_writes(layout: RepositoryLayout, vector: int, idt_base: int | None = None,
-                   gate: bytes | None = None) -> list[MemoryWrite]:
-    """Writes that set up an empty repository; the IDT gate (if given) goes last."""
+                   gate: bytes | None = None, kernel_int3: int | None = None) -> list[MemoryWrite]:
+    """Writes that set up an empty repository; the IDT gate (if given) goes last.
+
+    With ``kernel_int3`` (the kernel's own vector-3 entry) the int3 stub is written too; it stays
+    unused until an int3 splice re-points vector 3 at it."""
     writes = [
         MemoryWrite(layout.handler, trap_handler_code(layout), "handler"),
+        *([MemoryWrite(layout.int3_handler, int3_handler_code(layout, kernel_int3), "int3-handler")]
+          if kernel_int3 is not None else []),
         MemoryWrite(layout.table, bytes((layout.slots + 1) * _TABLE_ENTRY.size), "trap-table"),
         MemoryWrite(layout.slot_record(0), bytes(layout.slots * SLOT_RECORD_SIZE), "slot-table"),
         MemoryWrite(layout.base, encode_header(layout.header(vector)), "header"),
