@@ -143,7 +143,7 @@ def _int(text: str | None) -> int | None:
 @task(help={"func": "kernel function to splice (e.g. tcp_sync_mss)",
             "offset": "byte offset of the instrumentation point in the function (default 0)",
             "addr": "absolute address of the point instead of --offset",
-            "mode": "trap (int $n, 2 bytes) | jmp (jmp rel32, or jmp rel8 hops via springboards)",
+            "mode": "trap (int $n, 2 bytes) | jmp (jmp rel32, or jmp rel8 hops via springboards) | int3 (1 byte)",
             "policy": "auto (single where the instruction fits the branch, else displace; default) | single "
                       "(overwrite only the instruction at the point) | displace (whole instructions)",
             "probe": "counter (count hits; default) | empty (only the displaced code: bare branch cost)",

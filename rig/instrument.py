@@ -15,6 +15,7 @@ later ``invoke`` reads it back; nothing about live splices is kept on the host.
 """
 from __future__ import annotations
 
+import dataclasses
 import struct
 import time
 from collections.abc import Iterator, Sequence
@@ -147,7 +148,8 @@ class Instrumenter:
         table = self.gdb.read_memory(idt_base, 256 * 8)
         vector = idt.find_free_vector(table, self.image.symbol("ignore_int").address)
         gate = idt.make_trap_gate(self.layout.handler).encode()
-        self._apply(repository.install_writes(self.layout, vector, idt_base, gate))
+        self._apply(repository.install_writes(self.layout, vector, idt_base, gate,
+                                              kernel_int3=self.image.symbol("int3").address))
         header = self._read_header()
         assert header is not None
         return header
@@ -292,6 +294,7 @@ class Instrumenter:
                     registers = batch.registers(["eip", "esp", "cs"])
                     stacks = self._queue_stacks(batch, snap.tasks)
                     expected = self._queue_expected(batch, plan.writes)
+                    vector3 = batch.read(self._int3_gate_address, idt.GATE_SIZE) if mode is Mode.INT3 else None
                     batch.run()
                     self._check_function_text(code, text.value, records)
                     if slot_now.value != slot_before:
@@ -300,13 +303,37 @@ class Instrumenter:
                     self._check_expected(expected)
                     self._refuse_if_busy(plan.busy_ranges, [patch_area],
                                          self._busy_words(stacks, registers.value))
-                    self._apply(plan.writes, checked=True)
-                return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempt, snap.header.vector)
+                    # int3: vector 3 is re-pointed at the rig's stub just before the point.
+                    gate = self._int3_gate_writes(vector3.value, to_rig=True) if vector3 else []
+                    self._apply([*plan.writes[:-1], *gate, plan.writes[-1]], checked=True)
+                vector = 3 if mode is Mode.INT3 else snap.header.vector
+                return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempt, vector)
             except SpliceRefused as refused:
                 if refused.reason != "busy" or attempt == retries:
                     raise
                 time.sleep(_BUSY_RETRY_PAUSE_S)  # let the guest run on before looking again
         raise AssertionError("unreachable")
+
+    @property
+    def _int3_gate_address(self) -> int:
+        return self.image.symbol("idt_table").address + 3 * idt.GATE_SIZE
+
+    def _int3_gate_writes(self, gate_now: bytes, to_rig: bool) -> list[MemoryWrite]:
+        """Re-point vector 3 at the rig's int3 stub (or back at the kernel's entry); [] if it is so.
+
+        Only the handler offset changes: the gate keeps 2.4's type and DPL 3, so user-space int3
+        still works (the stub hands it to the kernel's entry)."""
+        gate = idt.decode_gate(gate_now)
+        kernel, rig = self.image.symbol("int3").address, self.layout.int3_handler
+        want, other = (rig, kernel) if to_rig else (kernel, rig)
+        if gate.offset == want:
+            return []
+        if gate.offset != other:
+            raise RigError(f"IDT vector 3 points at {gate.offset:#x}, neither the kernel's int3 entry "
+                           f"({kernel:#x}) nor the rig's stub ({rig:#x})",
+                           hint="something else changed the IDT; reboot the guest (invoke halt; invoke boot)")
+        moved = dataclasses.replace(gate, offset=want).encode()
+        return [MemoryWrite(self._int3_gate_address, moved, "int3-gate", expect=gate_now)]
 
     def _plan(self, code: FunctionCode, point: int, mode: Mode, policy: Policy | None, slot: int,
               patch_kind: PatchKind, vector: int, active: Sequence[SlotRecord],
@@ -333,6 +360,8 @@ class Instrumenter:
             raise RigError(f"no active splice in slot {slot}", hint=f"active slots: {in_use} (invoke splices)")
         record = snap.slots[slot]
         writes = undo_writes(self.layout, slot, record, expect_new=None)
+        last_int3 = record.mode == Mode.INT3 and not any(
+            r.mode == Mode.INT3 for index, r in snap.active() if index != slot)
         window = ByteRange(record.point, record.window_length)
         for attempt in range(retries + 1):
             try:
@@ -341,10 +370,13 @@ class Instrumenter:
                     registers = batch.registers(["eip", "esp", "cs"])
                     stacks = self._queue_stacks(batch, snap.tasks)
                     counter = batch.read(record.counter_address, 4) if record.counter_address else None
+                    vector3 = batch.read(self._int3_gate_address, idt.GATE_SIZE) if last_int3 else None
                     batch.run()
                     self._refuse_if_busy([window], [], self._busy_words(stacks, registers.value))
                     hits = int.from_bytes(counter.value, "little") if counter else 0
-                    self._apply_undo(writes, record)
+                    # The last int3 splice gone: vector 3 goes back to the kernel's own entry.
+                    gate = self._int3_gate_writes(vector3.value, to_rig=False) if vector3 else []
+                    self._apply_undo([*writes, *gate], record)
                 break
             except SpliceRefused as refused:
                 if refused.reason != "busy" or attempt == retries:

@@ -70,13 +70,14 @@ def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
 def splice_tables(result: "SpliceResult") -> list[Table]:
     """The plan of an applied splice: disassembly before/after, the writes, the route."""
     plan = result.plan
-    route = "trap gate, no jumps" if plan.trap_return is not None else (
+    route = ("int3 through vector 3 (the kernel's gate, re-pointed), no jumps" if plan.mode.name == "INT3" else
+             "trap gate, no jumps") if plan.trap_return is not None else (
         f"{plan.hops} jmp(s) through {len(plan.springboards)} springboard(s)" if plan.springboards
         else "1 jmp rel32")
     overview = key_value_table(f"spliced {plan.function}+{plan.point - plan.window.start:#x}".replace("+0x0", ""), [
         ("point", f"{plan.point:#010x} ({plan.mode.name.lower()}, policy {plan.policy.name.lower()})"),
         ("window", f"{plan.window.length} byte(s) replaced, resumes at {plan.window.end:#010x}"),
-        ("route", route + (f", vector {result.vector:#x}" if plan.trap_return is not None else "")),
+        ("route", route + (f", vector {result.vector:#x}" if plan.mode.name == "TRAP" else "")),
         ("repository slot", f"{plan.slot}, patch at {plan.patch_address:#010x}"),
         ("hit counter", f"{plan.counter_address:#010x}" if plan.counter_address else "none"),
         ("guest stall", f"{result.stall_s * 1000:.2f} ms (host-timed stop→continue"

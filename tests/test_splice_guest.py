@@ -227,3 +227,33 @@ def test_no_guest_running_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(RigError, match="no guest is running"):
         with lifecycle.instrumenter(start=False):
             pass
+
+
+def test_int3_splices_a_one_byte_instruction_and_user_int3_still_traps(clean: Instrumenter,
+                                                                       guest: QemuMachine) -> None:
+    """int3 (1 byte) takes tcp_sync_mss's 1-byte entry alone, under the single-instruction policy."""
+    gate_address = clean.image.symbol("idt_table").address + 3 * 8
+    with clean.gdb.stopped():
+        kernel_gate = clean.gdb.read_memory(gate_address, 8)
+    def mss() -> tuple[str, str]:
+        reply = guest.console.request("tcp-mss", timeout=30)
+        return reply.str_field("client"), reply.str_field("server")
+
+    unspliced = mss()
+    entry = clean.splice("tcp_sync_mss", mode=Mode.INT3, policy=Policy.SINGLE)
+    getpid = clean.splice("sys_getpid", mode=Mode.INT3, policy=Policy.SINGLE)
+    assert entry.plan.window.length == 1 and entry.plan.new_bytes == b"\xcc"
+    assert mss() == unspliced
+    assert clean.counter(entry.plan.slot) > 0
+    assert bench_getpid(guest, 1000)["n"] == 1000
+    assert clean.counter(getpid.plan.slot) == 1000
+    hits = clean.handler_hits()
+    user = guest.console.request("user-int 3", timeout=30)
+    assert user.bool_field("faulted") and user.int_field("signal") == 5  # SIGTRAP, as without the rig
+    assert clean.handler_hits() == hits
+    clean.unsplice(entry.plan.slot)
+    with clean.gdb.stopped():
+        assert clean.gdb.read_memory(gate_address, 8) != kernel_gate  # still one int3 splice
+    clean.unsplice(getpid.plan.slot)
+    with clean.gdb.stopped():
+        assert clean.gdb.read_memory(gate_address, 8) == kernel_gate  # the last one gone: restored
