@@ -69,14 +69,14 @@ def _rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_json_structure(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
     result, _ = icount_twice[0]
     rows = _rows(result)
-    expected = {"baseline", "jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3", "trap",
+    expected = {"baseline", "jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3", "trap", "int3",
                 *(f"floor-{f}" for f in floors.FLOORS)}
     assert set(rows) == expected
     for row in result["rows"]:
         assert len(row["runs"]) == RUNS and all(run["n"] == N for run in row["runs"])
         assert set(STATS) <= set(row["stats"])
         assert row["stats"]["min"] <= row["stats"]["median"] <= row["stats"]["max"]
-    assert rows["jmp"]["hops"] == 1 and rows["trap"]["mode"] == "trap"
+    assert rows["jmp"]["hops"] == 1 and rows["trap"]["mode"] == "trap" and rows["int3"]["mode"] == "int3"
     for k in (1, 2, 3):
         assert rows[f"jmp-sb{k}"]["hops"] == k + 1 and len(rows[f"jmp-sb{k}"]["springboards"]) == k
     assert rows["jmp"]["relative"]["median"] == 1.0

@@ -142,7 +142,8 @@ def fig5_notes(result: fig5.Fig5Result, census: dict[str, Any] | None) -> list[s
             f"{a['share_refused_percent']:.1f}% are refused ({', '.join(f'{k}: {v}' for k, v in refused.items())}). "
             f"At the {trap_only} sites of >= 2 bytes without a springboard route only the 2-byte trap works: there "
             "the paper's conclusion (trap wins) holds for a different reason than its model gives; 1-byte "
-            "instructions take neither branch under the single-instruction policy.")
+            "instructions take neither a jmp nor int $n under the single-instruction policy, only the "
+            "1-byte int3 (see its Table 1 row).")
         notes.append("The real-splicer curve draws hop counts only from spliceable short sites and charges each "
                      "hop a whole jmp splice; measured chains cost less (each extra springboard adds one jmp, "
                      "the jmp splice itself is two: out and back).")

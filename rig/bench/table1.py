@@ -58,6 +58,7 @@ def splice_rows(chains: tuple[int, ...] = (1, 2, 3), counter: bool = False) -> l
         rows += [SpliceRow(f"jmp-sb{k}{suffix}", f"jmp rel8 + {k} springboard(s){probe}", Mode.JMP, k, kind)
                  for k in chains]
         rows.append(SpliceRow(f"trap{suffix}", f"trap splice (int $n){probe}", Mode.TRAP, None, kind))
+        rows.append(SpliceRow(f"int3{suffix}", f"int3 splice (1 byte){probe}", Mode.INT3, None, kind))
     return rows
 
 
@@ -99,7 +100,7 @@ def measure_paths(machine: QemuMachine, instr: Instrumenter, n: int, runs: int,
             fact = facts.setdefault(row.key, {
                 "mode": plan.mode.name.lower(), "hops": plan.hops, "point": plan.point,
                 "springboards": [b.address for b in plan.springboards], "window": plan.window.length,
-                "patch": row.patch_kind.value, "vector": spliced.vector if plan.mode is Mode.TRAP else None,
+                "patch": row.patch_kind.value, "vector": spliced.vector if plan.mode is not Mode.JMP else None,
                 "splice_stall_s": [], "unsplice_stall_s": []})
             fact["splice_stall_s"].append(spliced.stall_s)
             fact["unsplice_stall_s"].append(undone.stall_s)
