@@ -5,14 +5,28 @@ from pathlib import Path
 
 import capstone
 import pytest
+from ccode import snippet_object  # noqa: F401  (fixture)
+from splice_checks import check_chain
 
 from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import KernelImage
 from rig.splicer.memory import MemoryWrite
-from rig.splicer.plan import PatchKind, SplicePlan, SpliceRefused, plan_splice, undo_writes
-from rig.splicer.repository import (FREE_KEY, Mode, Policy, RepositoryLayout, decode_slot, decode_table,
-                                    encode_table_entry)
-from ccode import snippet_object  # noqa: F401  (fixture)
+from rig.splicer.plan import (
+    PatchKind,
+    SplicePlan,
+    SpliceRefused,
+    plan_splice,
+    undo_writes,
+)
+from rig.splicer.repository import (
+    FREE_KEY,
+    Mode,
+    Policy,
+    RepositoryLayout,
+    decode_slot,
+    decode_table,
+    encode_table_entry,
+)
 
 LAYOUT = RepositoryLayout()
 VECTOR = 0x81
@@ -234,31 +248,12 @@ def test_jmp_rel32_when_five_bytes_fit(image: KernelImage) -> None:
 
 
 # ---- springboards -----------------------------------------------------------------------------
-def _check_chain(p: SplicePlan) -> None:
-    """Follow the jumps from the point: rel8 hops in range, one final rel32 into the patch."""
-    at, data = p.point, p.new_bytes
-    boards = {b.address: b.data for b in p.springboards}
-    jumps = 0
-    while True:
-        insn = next(_md.disasm(data, at, count=1))
-        assert insn.mnemonic == "jmp"
-        jumps += 1
-        target = int(insn.op_str, 16)
-        if insn.size == 2:
-            assert -128 <= target - (at + 2) <= 127
-            at, data = target, boards[target]
-        else:
-            assert insn.size == 5 and target == p.patch_address
-            break
-    assert jumps == p.hops == len(p.springboards) + 1
-
-
 def test_short_instruction_under_single_uses_springboards(image: KernelImage) -> None:
     code = code_of(image, "use_smalls")
     short = first_with(code, lambda i: 2 <= i.size < 5)
     p = plan(image, "use_smalls", short, Mode.JMP, Policy.SINGLE)
     assert p.springboards and p.new_bytes[0] == 0xEB
-    _check_chain(p)
+    check_chain(p)
     gaps = image.padding_gaps()
     for board in p.springboards:
         assert any(g.start <= board.address and board.address + len(board.data) <= g.end for g in gaps)

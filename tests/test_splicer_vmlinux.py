@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import capstone
 import pytest
+from splice_checks import check_chain
 
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
@@ -65,20 +66,7 @@ def test_natural_multi_hop_chain_in_the_scheduler(vmlinux: KernelImage) -> None:
                 continue
             if len(plan.springboards) < 2:
                 continue
-            at, data, jumps = plan.point, plan.new_bytes, 0
-            boards = {b.address: b.data for b in plan.springboards}
-            while True:  # follow the chain: rel8 hops in range, one final rel32 into the patch
-                jump = next(_md.disasm(data, at, count=1))
-                assert jump.mnemonic == "jmp"
-                jumps += 1
-                target = int(jump.op_str, 16)
-                if jump.size == 2:
-                    assert -128 <= target - (at + 2) <= 127
-                    at, data = target, boards[target]
-                    continue
-                assert jump.size == 5 and target == plan.patch_address
-                break
-            assert jumps == plan.hops == len(plan.springboards) + 1
+            check_chain(plan)
             for board in plan.springboards:
                 assert board.original == vmlinux.text_bytes(board.address, len(board.original))
             return
