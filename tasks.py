@@ -189,7 +189,8 @@ def unsplice(c, id=None, all=False):
         done = manager.unsplice_all() if all else [manager.unsplice(int(id))]
     for result in done:
         console.print(f"unspliced {result.slot}: {result.function} at {result.point:#010x} "
-                      f"({result.hits} hits, stall {result.stall_s * 1000:.2f} ms); text equals vmlinux again")
+                      f"({result.hits} hits, stalls {result.prep_stall_s * 1000:.2f} + {result.stall_s * 1000:.2f} ms); "
+                      "text equals vmlinux again")
     if not done:
         console.print("nothing was spliced")
 

@@ -68,6 +68,7 @@ class SpliceResult:
     stall_s: float        # host time the guest was held stopped for the splice itself
     busy_retries: int
     vector: int
+    prep_stall_s: float = 0.0  # the earlier stop that read the repository and the task list
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class UnspliceResult:
     point: int
     hits: int
     stall_s: float
+    prep_stall_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,8 @@ class Instrumenter:
                     gate = self._int3_gate_writes(vector3.value, to_rig=True) if vector3 else []
                     self._apply([*plan.writes[:-1], *gate, plan.writes[-1]], checked=True)
                 vector = 3 if mode is Mode.INT3 else snap.header.vector
-                return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempt, vector)
+                return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempt, vector,
+                                    prep_stall_s=self.last_prep_stall_s or 0.0)
             except SpliceRefused as refused:
                 if refused.reason != "busy" or attempt == retries:
                     raise
@@ -383,7 +386,8 @@ class Instrumenter:
                     raise
                 time.sleep(_BUSY_RETRY_PAUSE_S)  # let the guest run on before looking again
         symbol = self.image.function_at(record.point)
-        return UnspliceResult(slot, symbol.name, record.point, hits, self.gdb.last_stall_s or 0.0)
+        return UnspliceResult(slot, symbol.name, record.point, hits, self.gdb.last_stall_s or 0.0,
+                              prep_stall_s=self.last_prep_stall_s or 0.0)
 
     def _apply_undo(self, writes: Sequence[MemoryWrite], record: SlotRecord) -> None:
         """Point first (restoring vmlinux's bytes), then the rest; each read back."""

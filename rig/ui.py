@@ -80,8 +80,9 @@ def splice_tables(result: "SpliceResult") -> list[Table]:
         ("route", route + (f", vector {result.vector:#x}" if plan.mode.name == "TRAP" else "")),
         ("repository slot", f"{plan.slot}, patch at {plan.patch_address:#010x}"),
         ("hit counter", f"{plan.counter_address:#010x}" if plan.counter_address else "none"),
-        ("guest stall", f"{result.stall_s * 1000:.2f} ms (host-timed stop→continue"
-                        f"{f', {result.busy_retries} busy retries' if result.busy_retries else ''})"),
+        ("guest stalls", f"{result.stall_s * 1000:.2f} ms to check and write, after {result.prep_stall_s * 1000:.2f} ms "
+                         "to read the repository and task list (host-timed stop→continue)"
+                         f"{f', {result.busy_retries} busy retries' if result.busy_retries else ''}"),
     ])
     code = Table(title="code", title_justify="left")
     code.add_column("before (vmlinux)", style="dim")
