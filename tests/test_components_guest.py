@@ -9,7 +9,6 @@ import pytest
 
 from rig import adapt
 from rig.component_manager import CompileFailed, ComponentManager, compile_component
-from rig.gdb.session import GdbSession
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter
 from rig.kernel.build import KernelBuild
@@ -40,18 +39,15 @@ def adapted_mss(base: int, fer_ppm: int, frame: int = 256, target: int = 900_000
 
 
 @pytest.fixture
-def components(guest: QemuMachine, kernel: KernelBuild) -> Iterator[ComponentManager]:
-    """A component manager on the shared guest; whatever a test spliced or loaded is undone after."""
-    with GdbSession(vmlinux=kernel.vmlinux) as gdb:
-        gdb.attach(guest.config.gdb_socket)
-        gdb.cont()
-        manager = ComponentManager(Instrumenter(gdb, kernel))
-        try:
-            yield manager
-        finally:
-            manager.inst.unsplice_all()
-            for component in manager.loaded():
-                manager.unload(component.name)
+def components(instrumenter: Instrumenter) -> Iterator[ComponentManager]:
+    """A component manager on the shared guest (its one gdb); whatever a test spliced or loaded is undone after."""
+    manager = ComponentManager(instrumenter)
+    try:
+        yield manager
+    finally:
+        manager.inst.unsplice_all()
+        for component in manager.loaded():
+            manager.unload(component.name)
 
 
 def tcp_mss(guest: QemuMachine) -> tuple[int, int]:
