@@ -221,39 +221,35 @@ def test_busy_point_is_refused_and_nothing_written(clean: Instrumenter) -> None:
 
 
 def test_no_guest_running_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import private_run_dir
     from rig.guest import lifecycle
 
-    monkeypatch.setattr(lifecycle, "running", lambda: None)
-    with pytest.raises(RigError, match="no guest is running"):
+    monkeypatch.setenv("TRAPSPLICE_CACHE", str(private_run_dir()))  # a cache where no guest was ever booted
+    with pytest.raises(RigError, match="no guest is running") as error:
         with lifecycle.instrumenter(start=False):
             pass
+    assert "invoke boot" in (error.value.hint or "")
 
 
-def test_int3_splices_a_one_byte_instruction_and_user_int3_still_traps(clean: Instrumenter,
-                                                                       guest: QemuMachine) -> None:
-    """int3 (1 byte) takes tcp_sync_mss's 1-byte entry alone, under the single-instruction policy."""
-    gate_address = clean.image.symbol("idt_table").address + 3 * 8
-    with clean.gdb.stopped():
-        kernel_gate = clean.gdb.read_memory(gate_address, 8)
-    def mss() -> tuple[str, str]:
-        reply = guest.console.request("tcp-mss", timeout=30)
-        return reply.str_field("client"), reply.str_field("server")
+def test_no_free_vector_is_refused_and_nothing_written(fresh_guest: QemuMachine, kernel) -> None:  # noqa: ANN001
+    """Every gate from 0x20 up taken (each ignore_int gate re-pointed one byte on): no vector for the rig."""
+    from rig.instrument import connect
+    from rig.splicer import idt as idt_mod
 
-    unspliced = mss()
-    entry = clean.splice("tcp_sync_mss", mode=Mode.INT3, policy=Policy.SINGLE)
-    getpid = clean.splice("sys_getpid", mode=Mode.INT3, policy=Policy.SINGLE)
-    assert entry.plan.window.length == 1 and entry.plan.new_bytes == b"\xcc"
-    assert mss() == unspliced
-    assert clean.counter(entry.plan.slot) > 0
-    assert bench_getpid(guest, 1000)["n"] == 1000
-    assert clean.counter(getpid.plan.slot) == 1000
-    hits = clean.handler_hits()
-    user = guest.console.request("user-int 3", timeout=30)
-    assert user.bool_field("faulted") and user.int_field("signal") == 5  # SIGTRAP, as without the rig
-    assert clean.handler_hits() == hits
-    clean.unsplice(entry.plan.slot)
-    with clean.gdb.stopped():
-        assert clean.gdb.read_memory(gate_address, 8) != kernel_gate  # still one int3 splice
-    clean.unsplice(getpid.plan.slot)
-    with clean.gdb.stopped():
-        assert clean.gdb.read_memory(gate_address, 8) == kernel_gate  # the last one gone: restored
+    with connect(fresh_guest.config.gdb_socket, kernel) as manager:
+        idt_base = manager.image.symbol("idt_table").address
+        ignore_int = manager.image.symbol("ignore_int").address
+        with manager.gdb.stopped():
+            table = manager.gdb.read_memory(idt_base, 256 * 8)
+            taken = [v for v in range(0x20, 256) if idt_mod.gate_at(table, v).offset == ignore_int]
+            for vector in taken:
+                gate = idt_mod.gate_at(table, vector)
+                moved = idt_mod.Gate(gate.offset + 1, gate.selector, gate.gate_type, gate.dpl, gate.present)
+                manager.gdb.write_memory(idt_base + vector * 8, moved.encode())
+        assert taken
+        with pytest.raises(RigError, match="no free IDT vector"):
+            manager.splice("sys_getpid", mode=Mode.TRAP)
+        with manager.gdb.stopped():
+            assert manager.gdb.read_memory(manager.layout.base, 8) != b"TRAPSPLC"  # no repository written
+            assert manager.gdb.read_memory(manager.image.function("sys_getpid").address, 5) == \
+                manager.image.text_bytes(manager.image.function("sys_getpid").address, 5)
