@@ -112,9 +112,15 @@ class Instrumenter:
         return repository.decode_header(raw)
 
     def _read_slots(self) -> list[SlotRecord]:
-        raw = self.gdb.read_memory(self.layout.slot_record(0), self.layout.slots * repository.SLOT_RECORD_SIZE)
-        size = repository.SLOT_RECORD_SIZE
-        return [repository.decode_slot(raw[i * size:(i + 1) * size]) for i in range(self.layout.slots)]
+        """Every slot's record, fetching only those the in-use flags name (one more pipeline)."""
+        flags = self.gdb.read_memory(self.layout.in_use_flag(0), self.layout.slots)
+        used = [slot for slot, flag in enumerate(flags) if flag]
+        batch = self.gdb.batch()
+        records = {slot: batch.read(self.layout.slot_record(slot), repository.SLOT_RECORD_SIZE) for slot in used}
+        batch.run()
+        empty = repository.decode_slot(bytes(repository.SLOT_RECORD_SIZE))
+        return [repository.decode_slot(records[slot].value) if slot in records else empty
+                for slot in range(self.layout.slots)]
 
     def _read_tasks(self) -> list[tuple[int, int]]:
         """Walk init_task's circular list: (task address, thread.esp) for every task."""

@@ -168,6 +168,7 @@ def _writes(layout: RepositoryLayout, slot: int, record: SlotRecord, patch_code:
         writes.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(trap_return, record.patch_address),
                                   "trap-table"))
     writes.append(MemoryWrite(layout.slot_record(slot), encode_slot(record), "slot"))
+    writes.append(MemoryWrite(layout.in_use_flag(slot), b"\x01", "slot-flag"))
     writes.append(MemoryWrite(record.point, new_bytes, "point", expect=record.original))
     return writes, undo_writes(layout, slot, record, expect_new=new_bytes)
 
@@ -184,6 +185,7 @@ def undo_writes(layout: RepositoryLayout, slot: int, record: SlotRecord,
     if record.mode in (Mode.TRAP, Mode.INT3):
         undo.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(FREE_KEY, 0), "trap-table"))
     undo.append(MemoryWrite(layout.slot_record(slot), bytes(SLOT_RECORD_SIZE), "slot"))
+    undo.append(MemoryWrite(layout.in_use_flag(slot), b"\x00", "slot-flag"))
     return undo
 
 

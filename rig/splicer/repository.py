@@ -7,6 +7,8 @@ not a host-side file, is the record of what is spliced:
 
     base+0x0000  header   magic "TRAPSPLC", version, size, vector, handler address, handler hits,
                           slot count, table/slot/patch addresses, patch area size
+    base+0x0040  in-use flags, one byte per slot (an index of the slot table: 128 bytes to read, not 16 KiB;
+                 the records stay the truth: a flag set on a record not in use is skipped)
     base+0x0100  trap handler stub (interrupt gate target)
     base+0x0180  int3 handler stub (vector 3 while int3 splices exist; chains to the kernel's)
     base+0x0200  trap table: (return EIP, patch address) u32 pairs, one per slot, key 0 ends it,
@@ -44,6 +46,7 @@ HANDLER_MAX = 0x100
 INT3_HANDLER_OFFSET = 0x180   # second half of the handler region: the int3 stub
 TABLE_OFFSET = 0x200
 SLOT_TABLE_OFFSET = 0x1000
+IN_USE_OFFSET = 0x40          # one byte per slot, 1 = in use: an index so a reader fetches only live records
 SLOT_RECORD_SIZE = 128
 PATCH_OFFSET = 0x10000
 PATCH_AREA_SIZE = 256
@@ -123,6 +126,8 @@ class RepositoryLayout:
         if self.patch_area(self.slots - 1) + PATCH_AREA_SIZE > self.base + self.size:
             raise RigError(f"{self.slots} slots do not fit in {self.size:#x} bytes at {self.base:#x}",
                            "use fewer slots or a larger repository")
+        if IN_USE_OFFSET + self.slots > HANDLER_OFFSET:
+            raise RigError(f"{self.slots} in-use flags overflow the header region", "use at most 128 slots")
         if self.table + (self.slots + 1) * _TABLE_ENTRY.size > self.base + SLOT_TABLE_OFFSET \
                 or self.slot_record(self.slots) > self.base + PATCH_OFFSET:
             raise RigError(f"{self.slots} slots overflow the table regions", "use at most 128 slots")
@@ -146,6 +151,10 @@ class RepositoryLayout:
     def table_entry(self, slot: int) -> int:
         self._check_slot(slot)
         return self.table + slot * _TABLE_ENTRY.size
+
+    def in_use_flag(self, slot: int) -> int:
+        self._check_slot(slot)
+        return self.base + IN_USE_OFFSET + slot
 
     def slot_record(self, slot: int) -> int:
         return self.base + SLOT_TABLE_OFFSET + slot * SLOT_RECORD_SIZE
@@ -347,6 +356,7 @@ def install_writes(layout: RepositoryLayout, vector: int, idt_base: int | None =
           if kernel_int3 is not None else []),
         MemoryWrite(layout.table, bytes((layout.slots + 1) * _TABLE_ENTRY.size), "trap-table"),
         MemoryWrite(layout.slot_record(0), bytes(layout.slots * SLOT_RECORD_SIZE), "slot-table"),
+        MemoryWrite(layout.in_use_flag(0), bytes(layout.slots), "slot-flags"),
         MemoryWrite(layout.base, encode_header(layout.header(vector)), "header"),
     ]
     if idt_base is not None and gate is not None:
