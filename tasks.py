@@ -148,12 +148,17 @@ def _int(text: str | None) -> int | None:
                       "(overwrite only the instruction at the point) | displace (whole instructions)",
             "probe": "counter (count hits; default) | empty (only the displaced code: bare branch cost)",
             "component": "splice FUNC to this component's declared hook (replace or wrap) instead of a probe; "
-                         "loads it first (rig/components/NAME.c or a .c path)"})
+                         "loads it first (rig/components/NAME.c or a .c path)",
+            "dispatch": "trap mode: table (one shared vector, its handler looks the address up; default) | "
+                        "vector (a free IDT vector of the splice's own, no lookup)"})
 @reports_errors
-def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe="counter", component=None):
+def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe="counter", component=None,
+           dispatch="table"):
     """Splice a probe, or a component (--component), into the running kernel at FUNC[+OFFSET]."""
     mode_, kind = _choice(Mode, mode, "mode"), _choice(PatchKind, probe, "probe")
     policy_ = None if policy == "auto" else _choice(Policy, policy, "policy")
+    if dispatch not in ("table", "vector"):
+        raise RigError(f"unknown --dispatch '{dispatch}'", hint="table or vector")
     with lifecycle.instrumenter() as (_, manager):
         if component:
             if addr is not None:
@@ -162,7 +167,7 @@ def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe="c
                                                               offset=_int(offset))
         else:
             result = manager.splice(func, mode=mode_, policy=policy_, offset=_int(offset), address=_int(addr),
-                                    patch_kind=kind)
+                                    patch_kind=kind, own_vector=dispatch == "vector")
     for table in ui.splice_tables(result):
         console.print(table)
     if component:

@@ -34,7 +34,7 @@ from rig.splicer import idt, repository
 from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage
 from rig.splicer.memory import MemoryWrite
-from rig.splicer.plan import PatchKind, SplicePlan, SpliceRefused, plan_splice, undo_writes
+from rig.splicer.plan import OwnVector, PatchKind, SplicePlan, SpliceRefused, plan_splice, undo_writes
 from rig.splicer.repository import Header, Mode, Policy, RepositoryLayout, SlotRecord
 from rig.splicer.stackcheck import BusyWord, busy_words
 
@@ -88,6 +88,7 @@ class GuestSnapshot:
     header: Header
     slots: list[SlotRecord]
     tasks: list[tuple[int, int]]  # (task_struct address, saved kernel esp)
+    idt: bytes | None = None      # the whole IDT, when a plan needs a vector of its own
 
     def active(self) -> list[tuple[int, SlotRecord]]:
         return [(index, record) for index, record in enumerate(self.slots) if record.in_use]
@@ -162,24 +163,26 @@ class Instrumenter:
         assert header is not None
         return header
 
-    def snapshot(self, install: bool = True) -> GuestSnapshot:
-        """Read the repository (installing it first if asked and missing) and the task list."""
+    def snapshot(self, install: bool = True, read_idt: bool = False) -> GuestSnapshot:
+        """Read the repository (installing it first if asked and missing), the task list and,
+        if asked, the IDT."""
         header = self._read_header()
         if header is None:
             if not install:
                 raise RigError("no component repository in the guest yet (nothing was spliced since boot)",
                                hint="splice something first: invoke splice --func NAME")
             header = self._install()
-        return GuestSnapshot(header=header, slots=self._read_slots(), tasks=self._read_tasks())
+        table = self.gdb.read_memory(self.image.symbol("idt_table").address, 256 * idt.GATE_SIZE) if read_idt else None
+        return GuestSnapshot(header=header, slots=self._read_slots(), tasks=self._read_tasks(), idt=table)
 
     @contextmanager
     def _stopped(self) -> Iterator[None]:
         with self.gdb.stopped():
             yield
 
-    def prep(self, install: bool = True) -> GuestSnapshot:
+    def prep(self, install: bool = True, read_idt: bool = False) -> GuestSnapshot:
         with self._stopped():
-            snap = self.snapshot(install=install)
+            snap = self.snapshot(install=install, read_idt=read_idt)
         self.last_prep_stall_s = self.gdb.last_stall_s
         return snap
 
@@ -282,14 +285,18 @@ class Instrumenter:
     def splice(self, function: str, mode: Mode = Mode.TRAP, policy: Policy | None = None,
                offset: int | None = None, address: int | None = None,
                patch_kind: PatchKind = PatchKind.COUNTER, retries: int = 20,
-               springboards: int | None = None, call_target: int | None = None) -> SpliceResult:
-        """``springboards``/``call_target``: see :func:`rig.splicer.plan.plan_splice` (benchmarks)."""
+               springboards: int | None = None, call_target: int | None = None,
+               own_vector: bool = False) -> SpliceResult:
+        """``springboards``/``call_target``: see :func:`rig.splicer.plan.plan_splice` (benchmarks).
+        ``own_vector`` (trap mode): dispatch through a free IDT vector of the splice's own instead
+        of the shared vector's table lookup."""
         code, point = self.resolve_point(function, offset, address)
-        snap = self.prep()
+        snap = self.prep(read_idt=own_vector)
         records = [record for _, record in snap.active()]
         slot = self.layout.free_slot(index for index, _ in snap.active())
+        vector = self._free_own_vector(snap) if own_vector else None
         plan = self._plan(code, point, mode, policy, slot, patch_kind, snap.header.vector, records,
-                          springboards=springboards, call_target=call_target)
+                          springboards=springboards, call_target=call_target, own_vector=vector)
         patch_area = ByteRange(self.layout.patch_area(slot), repository.PATCH_AREA_SIZE)
         slot_before = repository.encode_slot(snap.slots[slot])
         for attempt in range(retries + 1):
@@ -314,7 +321,7 @@ class Instrumenter:
                     # int3: vector 3 is re-pointed at the rig's stub just before the point.
                     gate = self._int3_gate_writes(vector3.value, to_rig=True) if vector3 else []
                     self._apply([*plan.writes[:-1], *gate, plan.writes[-1]], checked=True)
-                vector = 3 if mode is Mode.INT3 else snap.header.vector
+                vector = 3 if mode is Mode.INT3 else plan_vector(plan, snap.header.vector)
                 return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempt, vector,
                                     prep_stall_s=self.last_prep_stall_s or 0.0)
             except SpliceRefused as refused:
@@ -322,6 +329,22 @@ class Instrumenter:
                     raise
                 time.sleep(_BUSY_RETRY_PAUSE_S)  # let the guest run on before looking again
         raise AssertionError("unreachable")
+
+    def _own_vector(self, vector: int) -> OwnVector:
+        """The gate a vector of a splice's own had before (at ``ignore_int``, as 2.4's setup_idt made it)."""
+        free_gate = idt.make_trap_gate(self.image.symbol("ignore_int").address).encode()
+        return OwnVector(vector, self.image.symbol("idt_table").address, free_gate)
+
+    def _free_own_vector(self, snap: GuestSnapshot) -> OwnVector:
+        """A vector whose gate is still exactly the kernel's ignore_int gate (from the prep stop's IDT)."""
+        assert snap.idt is not None
+        probe = self._own_vector(0)
+        for vector in range(idt.FIRST_FREE_CANDIDATE, 256):
+            gate = snap.idt[vector * idt.GATE_SIZE:(vector + 1) * idt.GATE_SIZE]
+            if vector not in (idt.SYSCALL_VECTOR, snap.header.vector) and gate == probe.free_gate:
+                return self._own_vector(vector)
+        raise RigError("no free IDT vector for a trap splice of its own",
+                       hint="use the shared vector (--dispatch table) or undo other own-vector splices")
 
     @property
     def _int3_gate_address(self) -> int:
@@ -346,13 +369,14 @@ class Instrumenter:
 
     def _plan(self, code: FunctionCode, point: int, mode: Mode, policy: Policy | None, slot: int,
               patch_kind: PatchKind, vector: int, active: Sequence[SlotRecord],
-              springboards: int | None = None, call_target: int | None = None) -> SplicePlan:
+              springboards: int | None = None, call_target: int | None = None,
+              own_vector: OwnVector | None = None) -> SplicePlan:
         """``policy=None`` is "auto": the paper's single-instruction splice where the instruction at
         the point is long enough for the branch, else displace whole instructions."""
         def make(chosen: Policy) -> SplicePlan:
             return plan_splice(code, point, mode, chosen, self.layout, slot, patch_kind=patch_kind, vector=vector,
                                springboard_space=self.image.padding_gaps(), active=active,
-                               springboards=springboards, call_target=call_target)
+                               springboards=springboards, call_target=call_target, own_vector=own_vector)
         if policy is not None:
             return make(policy)
         try:
@@ -368,7 +392,8 @@ class Instrumenter:
             in_use = ", ".join(str(index) for index, _ in snap.active()) or "none"
             raise RigError(f"no active splice in slot {slot}", hint=f"active slots: {in_use} (invoke splices)")
         record = snap.slots[slot]
-        writes = undo_writes(self.layout, slot, record, expect_new=None)
+        own = self._own_vector(record.vector) if record.vector else None
+        writes = undo_writes(self.layout, slot, record, expect_new=None, own_vector=own)
         last_int3 = record.mode == Mode.INT3 and not any(
             r.mode == Mode.INT3 for index, r in snap.active() if index != slot)
         window = ByteRange(record.point, record.window_length)
@@ -440,6 +465,11 @@ class Instrumenter:
     def handler_hits(self) -> int:
         with self._stopped():
             return int.from_bytes(self.gdb.read_memory(self.layout.handler_hits, 4), "little")
+
+
+def plan_vector(plan: SplicePlan, shared: int) -> int:
+    """The IDT vector a trap plan's ``int $n`` uses (its own, or the shared one)."""
+    return plan.new_bytes[1] if plan.mode is Mode.TRAP else shared
 
 
 @contextmanager

@@ -71,13 +71,15 @@ def splice_tables(result: "SpliceResult") -> list[Table]:
     """The plan of an applied splice: disassembly before/after, the writes, the route."""
     plan = result.plan
     route = ("int3 through vector 3 (the kernel's gate, re-pointed), no jumps" if plan.mode.name == "INT3" else
-             "trap gate, no jumps") if plan.trap_return is not None else (
+             "trap gate, no jumps") if plan.mode.name != "JMP" else (
         f"{plan.hops} jmp(s) through {len(plan.springboards)} springboard(s)" if plan.springboards
         else "1 jmp rel32")
     overview = key_value_table(f"spliced {plan.function}+{plan.point - plan.window.start:#x}".replace("+0x0", ""), [
         ("point", f"{plan.point:#010x} ({plan.mode.name.lower()}, policy {plan.policy.name.lower()})"),
         ("window", f"{plan.window.length} byte(s) replaced, resumes at {plan.window.end:#010x}"),
-        ("route", route + (f", vector {result.vector:#x}" if plan.mode.name == "TRAP" else "")),
+        ("route", route + (f", vector {result.vector:#x}" + (" of its own" if plan.trap_return is None else
+                                                             " (shared, table lookup)")
+                           if plan.mode.name == "TRAP" else "")),
         ("repository slot", f"{plan.slot}, patch at {plan.patch_address:#010x}"),
         ("hit counter", f"{plan.counter_address:#010x}" if plan.counter_address else "none"),
         ("guest stalls", f"{result.stall_s * 1000:.2f} ms to check and write, after {result.prep_stall_s * 1000:.2f} ms "
@@ -106,5 +108,6 @@ def splices_table(header: "Header | None", active: "list[ActiveSplice]", handler
         table.add_column(column, justify="right" if column in ("id", "window", "hops", "hits") else "left")
     for splice in active:
         table.add_row(str(splice.slot), f"{splice.function}+{splice.offset:#x}", f"{splice.record.point:#010x}",
-                      splice.mode, str(splice.record.window_length), str(splice.record.hops), str(splice.hits))
+                      splice.mode + (f" (own vector {splice.record.vector:#x})" if splice.record.vector else ""),
+                      str(splice.record.window_length), str(splice.record.hops), str(splice.hits))
     return table

@@ -70,7 +70,7 @@ def _rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_json_structure(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
     result, _ = icount_twice[0]
     rows = _rows(result)
-    expected = {"baseline", "jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3", "trap", "int3",
+    expected = {"baseline", "jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3", "trap", "trap-own", "int3",
                 *(f"floor-{f}" for f in floors.FLOORS)}
     assert set(rows) == expected
     for row in result["rows"]:

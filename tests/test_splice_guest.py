@@ -253,3 +253,24 @@ def test_no_free_vector_is_refused_and_nothing_written(fresh_guest: QemuMachine,
             assert manager.gdb.read_memory(manager.layout.base, 8) != b"TRAPSPLC"  # no repository written
             assert manager.gdb.read_memory(manager.image.function("sys_getpid").address, 5) == \
                 manager.image.text_bytes(manager.image.function("sys_getpid").address, 5)
+
+
+def test_trap_with_a_vector_of_its_own(clean: Instrumenter, guest: QemuMachine) -> None:
+    """Per-splice vectors: no table lookup; the gate is DPL 0 and goes back to ignore_int on undo."""
+    shared = clean.splice("tcp_sync_mss", mode=Mode.TRAP)
+    own = clean.splice("sys_getpid", mode=Mode.TRAP, own_vector=True)
+    assert own.vector not in (shared.vector, 0x80) and own.plan.new_bytes[:2] == bytes([0xCD, own.vector])
+    assert own.plan.trap_return is None
+    assert bench_getpid(guest, 1000)["n"] == 1000
+    assert clean.counter(own.plan.slot) == 1000
+    user = guest.console.request(f"user-int {own.vector}", timeout=30)
+    assert user.bool_field("faulted") and user.int_field("signal") == 11
+    assert clean.counter(own.plan.slot) == 1000
+    gate_address = clean.image.symbol("idt_table").address + own.vector * 8
+    clean.unsplice(own.plan.slot)
+    with clean.gdb.stopped():
+        gate = clean.gdb.read_memory(gate_address, 8)
+    from rig.splicer import idt
+
+    assert idt.decode_gate(gate).offset == clean.image.symbol("ignore_int").address
+    assert bench_getpid(guest, 100)["n"] == 100

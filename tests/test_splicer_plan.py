@@ -269,3 +269,30 @@ def test_springboards_of_active_splices_are_not_reused(image: KernelImage) -> No
     for board in second.springboards:
         assert all(not (a <= board.address < a + n or board.address <= a < board.address + len(board.data))
                    for a, n in used)
+
+
+def test_trap_with_a_vector_of_its_own_needs_no_table(image: KernelImage) -> None:
+    from rig.splicer import idt
+    from rig.splicer.plan import OwnVector
+
+    code = code_of(image, "caller")
+    long = first_with(code, lambda i: i.size >= 2)
+    free_gate = idt.make_trap_gate(0xC0100200).encode()  # a gate still at ignore_int
+    own = OwnVector(vector=0x83, idt_base=0xC0300000, free_gate=free_gate)
+    p = plan(image, "caller", long, Mode.TRAP, Policy.SINGLE, own_vector=own)
+    assert p.new_bytes[:2] == b"\xcd\x83" and p.trap_return is None
+    assert all(w.role != "trap-table" for w in p.writes)  # the vector alone says which patch
+    gate_write = next(w for w in p.writes if w.role == "idt-gate")
+    assert gate_write.address == 0xC0300000 + 0x83 * 8 and gate_write.expect == free_gate
+    gate = idt.decode_gate(gate_write.data)
+    assert gate.offset == LAYOUT.vector_stub(0) and gate.dpl == 0 and gate.gate_type == idt.INTERRUPT_GATE_32
+    patch = next(w for w in p.writes if w.role == "patch")
+    stub = list(_md.disasm(patch.data[4:16], LAYOUT.vector_stub(0)))
+    assert [f"{i.mnemonic} {i.op_str}".strip() for i in stub[:2]] == \
+        [f"mov dword ptr [esp], {p.patch_address:#x}", "iretd"]
+    assert [w.role for w in p.writes][-2:] == ["idt-gate", "point"]
+    record = decode_slot(next(w.data for w in p.writes if w.role == "slot"))
+    assert record.vector == 0x83
+    assert p.undo[0].role == "point" and p.undo[-1].role == "idt-gate" and p.undo[-1].data == free_gate
+    with pytest.raises(ValueError):
+        undo_writes(LAYOUT, 0, record)  # the gate cannot be given back without its OwnVector

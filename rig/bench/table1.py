@@ -46,6 +46,7 @@ class SpliceRow:
     mode: Mode
     springboards: int | None
     patch_kind: PatchKind
+    own_vector: bool = False  # trap: a vector of its own (no table lookup) instead of the shared one
 
 
 def splice_rows(chains: tuple[int, ...] = (1, 2, 3), counter: bool = False) -> list[SpliceRow]:
@@ -58,6 +59,8 @@ def splice_rows(chains: tuple[int, ...] = (1, 2, 3), counter: bool = False) -> l
         rows += [SpliceRow(f"jmp-sb{k}{suffix}", f"jmp rel8 + {k} springboard(s){probe}", Mode.JMP, k, kind)
                  for k in chains]
         rows.append(SpliceRow(f"trap{suffix}", f"trap splice (int $n){probe}", Mode.TRAP, None, kind))
+        rows.append(SpliceRow(f"trap-own{suffix}", f"trap splice, own vector (no lookup){probe}", Mode.TRAP,
+                              None, kind, own_vector=True))
         rows.append(SpliceRow(f"int3{suffix}", f"int3 splice (1 byte){probe}", Mode.INT3, None, kind))
     return rows
 
@@ -91,7 +94,7 @@ def measure_paths(machine: QemuMachine, instr: Instrumenter, n: int, runs: int,
         for row in rows:
             note(f"round {round_ + 1}/{runs}: {row.label}")
             spliced = instr.splice(FUNCTION, mode=row.mode, policy=Policy.SINGLE, patch_kind=row.patch_kind,
-                                   springboards=row.springboards)
+                                   springboards=row.springboards, own_vector=row.own_vector)
             try:
                 measured[row.key] += _getpid_runs(machine, n, 1)
             finally:

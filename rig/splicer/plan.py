@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 import iced_x86 as ix
 
 from rig.errors import Refused
+from rig.splicer import idt
 from rig.splicer import springboard as sb
 from rig.splicer.analysis import FunctionCode, Instruction, decode
 from rig.splicer.image import ByteRange, PaddingGap
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.repository import (FREE_KEY, MAX_ORIGINAL, MAX_SPRINGBOARDS, PATCH_AREA_SIZE,  # noqa: I001
-                                    PATCH_CODE_OFFSET, SLOT_RECORD_SIZE, Mode, Policy,
+                                    PATCH_CODE_OFFSET, SLOT_RECORD_SIZE, VECTOR_STUB_OFFSET, Mode, Policy,
                                     RepositoryLayout, SlotRecord, SpringboardRecord, encode_slot,
-                                    encode_table_entry)
+                                    encode_table_entry, vector_stub_code)
 
 TRAP_SIZE = 2       # int $n: CD nn
 INT3_SIZE = 1       # int3: CC
@@ -53,6 +54,22 @@ class Springboard:
     address: int
     data: bytes
     original: bytes
+
+
+@dataclass(frozen=True)
+class OwnVector:
+    """A trap splice's own IDT vector: the vector alone says which patch (no table lookup).
+
+    ``free_gate`` is the gate as the kernel left it (pointing at ``ignore_int``): expected before
+    the splice, restored by its undo."""
+
+    vector: int
+    idt_base: int
+    free_gate: bytes
+
+    @property
+    def gate_address(self) -> int:
+        return self.idt_base + self.vector * idt.GATE_SIZE
 
 
 @dataclass(frozen=True)
@@ -92,13 +109,19 @@ class SplicePlan:
 def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layout: RepositoryLayout,
                 slot: int, patch_kind: PatchKind = PatchKind.COUNTER, vector: int | None = None,
                 springboard_space: Sequence[ByteRange] = (), active: Sequence[SlotRecord] = (),
-                springboards: int | None = None, call_target: int | None = None) -> SplicePlan:
+                springboards: int | None = None, call_target: int | None = None,
+                own_vector: OwnVector | None = None) -> SplicePlan:
     """Plan one splice. ``springboard_space``: free padding (``image.padding_gaps()``);
     ``active``: slot records already in the guest (to refuse overlaps and shared bytes).
     ``springboards`` (jmp mode): force a chain of exactly that many springboards (0: a direct
     jmp rel32 or nothing) even where a shorter route or a rel32 fits -- for measuring chains.
-    ``call_target`` (PatchKind.CALL): the routine the patch calls with all registers saved."""
-    if mode is Mode.TRAP and vector is None:
+    ``call_target`` (PatchKind.CALL): the routine the patch calls with all registers saved.
+    ``own_vector`` (trap mode): dispatch through a vector of the splice's own, whose gate points
+    at a two-instruction stub in the patch area, instead of the shared vector's table lookup."""
+    if own_vector is not None and mode is not Mode.TRAP:
+        raise SpliceRefused("bad-own-vector", f"a vector of its own is for trap splices, not {mode.name.lower()}",
+                            "use --mode trap with --dispatch vector")
+    if mode is Mode.TRAP and vector is None and own_vector is None:
         raise SpliceRefused("no-vector", "a trap splice needs the IDT vector of the installed handler",
                             "install the repository first; it picks a free vector")
     if springboards is not None and (mode is not Mode.JMP or not 0 <= springboards <= MAX_SPRINGBOARDS):
@@ -122,7 +145,7 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
     route: list[sb.Hop] = []
     if mode is Mode.TRAP:
         window = _choose_window(code, point, TRAP_SIZE, policy)
-        branch = bytes([0xCD, vector & 0xFF])
+        branch = bytes([0xCD, (own_vector.vector if own_vector else vector) & 0xFF])
     elif mode is Mode.INT3:
         window = _choose_window(code, point, INT3_SIZE, policy)
         branch = bytes([0xCC])
@@ -143,10 +166,12 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
     hops = 1 + len(springboards) if mode is Mode.JMP else 0
     record = SlotRecord(True, int(mode), int(policy), window.length, len(branch), hops, point, window.end,
                         patch_address, counter or 0, original,
-                        tuple(SpringboardRecord(b.address, b.original) for b in springboards))
-    # The handlers look up the EIP the CPU saved: the byte after the trapping instruction.
-    trap_return = point + len(branch) if mode in (Mode.TRAP, Mode.INT3) else None
-    writes, undo = _writes(layout, slot, record, patch_code, counter, springboards, new_bytes, trap_return)
+                        tuple(SpringboardRecord(b.address, b.original) for b in springboards),
+                        own_vector.vector if own_vector else 0)
+    # The shared handlers look up the EIP the CPU saved: the byte after the trapping instruction.
+    trap_return = point + len(branch) if mode in (Mode.TRAP, Mode.INT3) and own_vector is None else None
+    writes, undo = _writes(layout, slot, record, patch_code, counter, springboards, new_bytes, trap_return,
+                           own_vector)
     after = [*decode(new_bytes, point), *decode(patch_code, patch_address)]
     for board in springboards:
         after += decode(board.data, board.address)
@@ -158,10 +183,15 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
 
 def _writes(layout: RepositoryLayout, slot: int, record: SlotRecord, patch_code: bytes, counter: int | None,
             springboards: Sequence[Springboard], new_bytes: bytes,
-            trap_return: int | None) -> tuple[list[MemoryWrite], list[MemoryWrite]]:
+            trap_return: int | None,
+            own_vector: OwnVector | None = None) -> tuple[list[MemoryWrite], list[MemoryWrite]]:
     """Apply order: everything the branch leads to first, the branch itself last; undo reversed."""
     area = layout.patch_area(slot)
-    patch = bytes(PATCH_CODE_OFFSET) + patch_code  # the hit counter starts at 0
+    head = bytearray(PATCH_CODE_OFFSET)  # the hit counter starts at 0
+    if own_vector is not None:
+        stub = vector_stub_code(layout, slot)
+        head[VECTOR_STUB_OFFSET:VECTOR_STUB_OFFSET + len(stub)] = stub
+    patch = bytes(head) + patch_code
     writes = [MemoryWrite(area, patch, "patch")]
     writes += [MemoryWrite(b.address, b.data, "springboard", expect=b.original) for b in springboards]
     if trap_return is not None:
@@ -169,13 +199,19 @@ def _writes(layout: RepositoryLayout, slot: int, record: SlotRecord, patch_code:
                                   "trap-table"))
     writes.append(MemoryWrite(layout.slot_record(slot), encode_slot(record), "slot"))
     writes.append(MemoryWrite(layout.in_use_flag(slot), b"\x01", "slot-flag"))
+    if own_vector is not None:
+        gate = idt.make_trap_gate(layout.vector_stub(slot)).encode()
+        writes.append(MemoryWrite(own_vector.gate_address, gate, "idt-gate", expect=own_vector.free_gate))
     writes.append(MemoryWrite(record.point, new_bytes, "point", expect=record.original))
-    return writes, undo_writes(layout, slot, record, expect_new=new_bytes)
+    return writes, undo_writes(layout, slot, record, expect_new=new_bytes, own_vector=own_vector)
 
 
 def undo_writes(layout: RepositoryLayout, slot: int, record: SlotRecord,
-                expect_new: bytes | None = None) -> list[MemoryWrite]:
+                expect_new: bytes | None = None, own_vector: OwnVector | None = None) -> list[MemoryWrite]:
     """Undo from a slot record alone (as read back from the guest): point first.
+
+    A splice with a vector of its own (``record.vector``) needs ``own_vector`` to give the gate
+    back (the IDT base and the free gate to restore).
 
     The patch area is left as it is: a task preempted inside it (returning from a displaced call)
     still finishes correctly; reuse the slot only after a busy check over the patch area.
@@ -186,6 +222,10 @@ def undo_writes(layout: RepositoryLayout, slot: int, record: SlotRecord,
         undo.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(FREE_KEY, 0), "trap-table"))
     undo.append(MemoryWrite(layout.slot_record(slot), bytes(SLOT_RECORD_SIZE), "slot"))
     undo.append(MemoryWrite(layout.in_use_flag(slot), b"\x00", "slot-flag"))
+    if record.vector:
+        if own_vector is None or own_vector.vector != record.vector:
+            raise ValueError(f"slot {slot} has vector {record.vector:#x} of its own: pass its OwnVector to undo it")
+        undo.append(MemoryWrite(own_vector.gate_address, own_vector.free_gate, "idt-gate"))
     return undo
 
 

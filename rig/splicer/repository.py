@@ -51,6 +51,7 @@ SLOT_RECORD_SIZE = 128
 PATCH_OFFSET = 0x10000
 PATCH_AREA_SIZE = 256
 PATCH_CODE_OFFSET = 16
+VECTOR_STUB_OFFSET = 4        # between the hit counter and the code: 8 bytes of own-vector stub
 DEFAULT_SLOTS = 128
 FREE_KEY = 0xFFFFFFFF
 MAX_ORIGINAL = 16
@@ -65,7 +66,7 @@ COMPONENT_REGION_OFFSET = COMPONENT_TABLE_OFFSET + COMPONENT_TABLE_SIZE
 _HEADER = struct.Struct("<8sIIIIIIIIII")
 HEADER_HITS_OFFSET = 8 + 4 * 4  # magic, version, size, vector, handler -> hits
 _TABLE_ENTRY = struct.Struct("<II")
-_SLOT_HEAD = struct.Struct(f"<BBBBBBBxIIII{MAX_ORIGINAL}s")
+_SLOT_HEAD = struct.Struct(f"<BBBBBBBBIIII{MAX_ORIGINAL}s")
 _SPRINGBOARD = struct.Struct(f"<IB{SPRINGBOARD_MAX_BYTES}s")
 
 
@@ -114,6 +115,7 @@ class SlotRecord:
     counter_address: int
     original: bytes
     springboards: tuple[SpringboardRecord, ...] = field(default_factory=tuple)
+    vector: int = 0  # trap splice with a vector of its own (no table lookup); 0: none
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,10 @@ class RepositoryLayout:
 
     def counter(self, slot: int) -> int:
         return self.patch_area(slot)
+
+    def vector_stub(self, slot: int) -> int:
+        """Where a trap splice with a vector of its own has its gate point (in the patch area)."""
+        return self.patch_area(slot) + VECTOR_STUB_OFFSET
 
     def patch_code(self, slot: int) -> int:
         return self.patch_area(slot) + PATCH_CODE_OFFSET
@@ -224,7 +230,8 @@ def encode_slot(record: SlotRecord) -> bytes:
     if len(record.original) > MAX_ORIGINAL or len(record.springboards) > MAX_SPRINGBOARDS:
         raise ValueError("slot record overflow")
     head = _SLOT_HEAD.pack(record.in_use, record.mode, record.policy, record.window_length,
-                           record.branch_length, record.hops, len(record.springboards), record.point,
+                           record.branch_length, record.hops, len(record.springboards), record.vector,
+                           record.point,
                            record.return_address, record.patch_address, record.counter_address,
                            record.original.ljust(MAX_ORIGINAL, b"\0"))
     boards = b"".join(_SPRINGBOARD.pack(sb.address, len(sb.original), sb.original)
@@ -233,14 +240,14 @@ def encode_slot(record: SlotRecord) -> bytes:
 
 
 def decode_slot(raw: bytes) -> SlotRecord:
-    (in_use, mode, policy, window, branch, hops, n_boards, point, ret, patch, counter,
+    (in_use, mode, policy, window, branch, hops, n_boards, vector, point, ret, patch, counter,
      original) = _SLOT_HEAD.unpack_from(raw)
     boards = []
     for i in range(min(n_boards, MAX_SPRINGBOARDS)):
         address, length, data = _SPRINGBOARD.unpack_from(raw, _SLOT_HEAD.size + i * _SPRINGBOARD.size)
         boards.append(SpringboardRecord(address, data[:length]))
     return SlotRecord(bool(in_use), mode, policy, window, branch, hops, point, ret, patch, counter,
-                      original[:window], tuple(boards))
+                      original[:window], tuple(boards), vector)
 
 
 def encode_table_entry(return_eip: int, patch: int) -> bytes:
@@ -342,6 +349,16 @@ def int3_handler_code(layout: RepositoryLayout, kernel_int3: int) -> bytes:
         _label(chain, ix.Instruction.create_branch(code.JMP_REL32_32, kernel_int3)),
     ]
     return _encode(body, layout.int3_handler, HANDLER_MAX - (INT3_HANDLER_OFFSET - HANDLER_OFFSET), "int3 handler")
+
+
+def vector_stub_code(layout: RepositoryLayout, slot: int) -> bytes:
+    """Gate target of a trap splice that has an IDT vector of its own: the vector itself says
+    which patch, so no table lookup: ``mov dword [esp], patch; iret`` (the saved EIP becomes the
+    patch entry; iret restores the interrupted EFLAGS)."""
+    mem, reg, code = ix.MemoryOperand, ix.Register, ix.Code
+    body = [ix.Instruction.create_mem_u32(code.MOV_RM32_IMM32, mem(reg.ESP), layout.patch_code(slot)),
+            ix.Instruction.create(code.IRETD)]
+    return _encode(body, layout.vector_stub(slot), PATCH_CODE_OFFSET - VECTOR_STUB_OFFSET, "vector stub")
 
 
 def install_writes(layout: RepositoryLayout, vector: int, idt_base: int | None = None,
