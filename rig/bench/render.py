@@ -65,6 +65,9 @@ def table1_notes(result: dict[str, Any]) -> list[str]:
         if s.get("trap_to_int_floor") is not None:
             parts.append(f"trap splice / bare int->iret floor = {_ratio(s['trap_to_int_floor'])} "
                          "(target <= 1.2 in real cycles)")
+        if s.get("trap_own_to_jmp") is not None:
+            parts.append(f"with a vector of its own (no table lookup): jmp : trap = 1 : {_ratio(s['trap_own_to_jmp'])}, "
+                         f"trap / bare int->iret floor = {_ratio(s.get('trap-own_to_int_floor'))}")
         if s.get("jmp_to_jmp-far_floor") is not None:
             parts.append(f"jmp splice / bare jmp out+back floor = {_ratio(s['jmp_to_jmp-far_floor'])}")
         notes.append(f"by the {stat}: " + "; ".join(parts) + ".")

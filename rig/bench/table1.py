@@ -176,10 +176,11 @@ def derive(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for stat in ("min", "median"):
         ratios: dict[str, float | None] = {}
-        if "trap" in by_key and "jmp" in by_key:
-            j, t = by_key["jmp"]["overhead"][stat], by_key["trap"]["overhead"][stat]
-            ratios["trap_to_jmp"] = t / j if j else None
-        for splice, floor in (("trap", "floor-int"), ("jmp", "floor-jmp-far")):
+        for trap in ("trap", "trap-own"):
+            if trap in by_key and "jmp" in by_key:
+                j, t = by_key["jmp"]["overhead"][stat], by_key[trap]["overhead"][stat]
+                ratios[f"{trap.replace('-', '_')}_to_jmp"] = t / j if j else None
+        for splice, floor in (("trap", "floor-int"), ("trap-own", "floor-int"), ("jmp", "floor-jmp-far")):
             if splice in by_key and floor in by_key and "overhead" in by_key[floor]:
                 f = by_key[floor]["overhead"][stat]
                 ratios[f"{splice}_to_{floor.removeprefix('floor-')}_floor"] = (
