@@ -230,6 +230,15 @@ def _stop_foreign(pid: int, timeout: float) -> None:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            _reap_if_child(pid)
             if not pid_is_qemu(pid):
                 return
             time.sleep(0.05)
+
+
+def _reap_if_child(pid: int) -> None:
+    """A QEMU launched and detached by this same process is still its child: reap it, no zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child (started by an earlier `invoke boot`): init reaps it
