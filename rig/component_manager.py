@@ -160,7 +160,7 @@ class ComponentManager:
             table = self._read_table()
             if table is None:
                 return []
-            slots = self.inst._read_slots() if self.inst._read_header() is not None else []
+            slots = self.inst.read_slots() if self.inst.read_header() is not None else []
             return [LoadedComponent(index, entry, self._linked(entry), self._users(entry, slots))
                     for index, entry in table.loaded()]
 
@@ -211,19 +211,14 @@ class ComponentManager:
                 raise ComponentRefused("in-use", f"component {name} is still spliced in (slot(s) "
                                        f"{', '.join(map(str, users))})",
                                        f"unsplice first: invoke unsplice {users[0]}")
-            batch = self.gdb.batch()
-            registers = batch.registers(["eip", "esp", "cs"])
-            stacks = self.inst._queue_stacks(batch, snap.tasks)
-            batch.run()
-            words = self.inst._busy_words(stacks, registers.value)
-            self.inst._refuse_if_busy([], [ByteRange(entry.base, entry.size)], words)
+            self.inst.check_not_busy(snap.tasks, gone=[ByteRange(entry.base, entry.size)])
             self._write_in_order(ctab.unload_writes(self.layout, index, entry))
         return entry
 
     def _write_in_order(self, writes: list) -> None:
         """One verified write at a time: later writes may land inside earlier ones (table, entry)."""
         for write in writes:
-            self.inst._write_verified([write])
+            self.inst.write_verified([write])
 
     # ---- data by name ----------------------------------------------------------------
     def _split(self, dotted: str) -> tuple[str, str]:

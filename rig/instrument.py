@@ -106,14 +106,15 @@ class Instrumenter:
         self.last_prep_stall_s: float | None = None
 
     # ---- reading the guest (caller holds it stopped) ----------------------------------------
-    def _read_header(self) -> Header | None:
+    def read_header(self) -> Header | None:
+        """(guest stopped) The repository header, or None when no repository is installed yet."""
         raw = self.gdb.read_memory(self.layout.base, repository.header_size())
         if raw[:len(repository.MAGIC)] != repository.MAGIC:
             return None
         return repository.decode_header(raw)
 
-    def _read_slots(self) -> list[SlotRecord]:
-        """Every slot's record, fetching only those the in-use flags name (one more pipeline)."""
+    def read_slots(self) -> list[SlotRecord]:
+        """(guest stopped) Every slot's record, fetching only those the in-use flags name."""
         flags = self.gdb.read_memory(self.layout.in_use_flag(0), self.layout.slots)
         used = [slot for slot, flag in enumerate(flags) if flag]
         batch = self.gdb.batch()
@@ -159,21 +160,21 @@ class Instrumenter:
         gate = idt.make_trap_gate(self.layout.handler).encode()
         self._apply(repository.install_writes(self.layout, vector, idt_base, gate,
                                               kernel_int3=self.image.symbol("int3").address))
-        header = self._read_header()
+        header = self.read_header()
         assert header is not None
         return header
 
     def snapshot(self, install: bool = True, read_idt: bool = False) -> GuestSnapshot:
         """Read the repository (installing it first if asked and missing), the task list and,
         if asked, the IDT."""
-        header = self._read_header()
+        header = self.read_header()
         if header is None:
             if not install:
                 raise RigError("no component repository in the guest yet (nothing was spliced since boot)",
                                hint="splice something first: invoke splice --func NAME")
             header = self._install()
         table = self.gdb.read_memory(self.image.symbol("idt_table").address, 256 * idt.GATE_SIZE) if read_idt else None
-        return GuestSnapshot(header=header, slots=self._read_slots(), tasks=self._read_tasks(), idt=table)
+        return GuestSnapshot(header=header, slots=self.read_slots(), tasks=self._read_tasks(), idt=table)
 
     @contextmanager
     def _stopped(self) -> Iterator[None]:
@@ -221,6 +222,16 @@ class Instrumenter:
                                 f"{first.range.start:#x}+{first.range.length}",
                                 "a task is stopped inside the bytes to rewrite; retry in a moment")
 
+    def check_not_busy(self, tasks: Sequence[tuple[int, int]], windows: Sequence[ByteRange] = (),
+                       gone: Sequence[ByteRange] = ()) -> None:
+        """(guest stopped) Refuse if the vCPU or a sleeping task would resume inside ``windows``
+        (after their first byte) or anywhere in ``gone`` (code about to disappear)."""
+        batch = self.gdb.batch()
+        registers = batch.registers(["eip", "esp", "cs"])
+        stacks = self._queue_stacks(batch, tasks)
+        batch.run()
+        self._refuse_if_busy(windows, gone, self._busy_words(stacks, registers.value))
+
     @staticmethod
     def _queue_expected(batch: Batch, writes: Sequence[MemoryWrite]) -> list[tuple[MemoryWrite, Pending[bytes]]]:
         return [(w, batch.read(w.address, len(w.expect))) for w in writes if w.expect is not None]
@@ -234,8 +245,8 @@ class Instrumenter:
                                hint="was it changed behind the rig's back? reboot the guest (invoke halt; "
                                     "invoke boot) to start from the built kernel")
 
-    def _write_verified(self, group: Sequence[MemoryWrite]) -> None:
-        """Write a group and read it back in the same pipeline."""
+    def write_verified(self, group: Sequence[MemoryWrite]) -> None:
+        """(guest stopped) Write a group and read it back in the same pipeline; raise on a difference."""
         if not group:
             return
         batch = self.gdb.batch()
@@ -256,8 +267,8 @@ class Instrumenter:
             batch.run()
             self._check_expected(expected)
         *body, last = writes
-        self._write_verified(body)
-        self._write_verified([last])
+        self.write_verified(body)
+        self.write_verified([last])
 
     def _check_function_text(self, code: FunctionCode, guest: bytes, active: Sequence[SlotRecord]) -> None:
         """The function's bytes in the guest equal vmlinux's, outside active splice windows."""
@@ -427,8 +438,8 @@ class Instrumenter:
             raise RigError(f"slot record for {record.point:#x} holds bytes that differ from vmlinux",
                            hint="the repository is damaged; reboot the guest")
         point, *rest = writes
-        self._write_verified([point])
-        self._write_verified(rest)
+        self.write_verified([point])
+        self.write_verified(rest)
 
     def unsplice_all(self) -> list[UnspliceResult]:
         snap = self.prep(install=False) if self._has_repository() else None
@@ -438,15 +449,15 @@ class Instrumenter:
 
     def _has_repository(self) -> bool:
         with self._stopped():
-            return self._read_header() is not None
+            return self.read_header() is not None
 
     def active(self) -> tuple[Header | None, list[ActiveSplice]]:
         """The repository header and every active splice with its live hit count."""
         with self._stopped():
-            header = self._read_header()
+            header = self.read_header()
             if header is None:
                 return None, []
-            slots = self._read_slots()
+            slots = self.read_slots()
             found = []
             in_use = [(index, record) for index, record in enumerate(slots) if record.in_use]
             counters = self.gdb.read_many([(r.counter_address, 4) for _, r in in_use if r.counter_address])
