@@ -98,34 +98,46 @@ def hops_table(census: dict[str, Any]) -> report.Table:
 
 
 def plot_table1(results: list[dict[str, Any]], out_png: Path, caption: str) -> Path:
-    plt = pyplot()
+    """Overheads by the minimum, one panel per clock in its own unit, and the paper's cycles.
 
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    Absolute, not normalised: under plain TCG the jmp splice's few ticks can vanish into host-time
+    noise, which would make every ratio meaningless. Overheads the clock cannot resolve (<= 0) get
+    a marker at the axis instead of a bar."""
+    plt = pyplot()
+    panels = len(results) + 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 4.8), squeeze=False, sharey=True)
     labels: list[str] = []
     for result in results:
         for row in result["rows"]:
-            if row.get("relative") and row["label"] not in labels:
+            if "overhead" in row and row["label"] not in labels:
                 labels.append(row["label"])
-    width = 0.8 / (len(results) + 1)
-    ys = range(len(labels))
-    # The minimum: robust to host load under plain TCG, and equal to the median under -icount.
-    # Non-positive ratios (host noise hiding an overhead) get no bar rather than a fake one.
-    for index, result in enumerate(results):
-        rel = {row["label"]: row.get("relative", {}).get("min") for row in result["rows"]}
-        drawn = [(y, rel.get(label)) for y, label in zip(ys, labels) if (rel.get(label) or 0) > 0]
-        ax.barh([y + index * width for y, _ in drawn], [v for _, v in drawn], width, label=result["clock"])
+    ys = list(range(len(labels)))
+    for ax, result in zip(axes[0], results):
+        unit = result["tsc_per_unit"]
+        over = {row["label"]: row["overhead"]["min"] / unit for row in result["rows"] if "overhead" in row}
+        shown = [(y, over[label]) for y, label in zip(ys, labels) if over.get(label, 0) > 0]
+        hidden = [y for y, label in zip(ys, labels) if label in over and over[label] <= 0]
+        ax.barh([y for y, _ in shown], [v for _, v in shown], 0.6)
+        if hidden:
+            ax.plot([0.5] * len(hidden), hidden, "x", color="red", label="<= 0: below the clock's resolution")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xscale("log")
+        ax.set_xlim(left=0.4)
+        ax.set_title(f"{result['clock']}", fontsize=9)
+        ax.set_xlabel(f"overhead, {result['unit']} (min)", fontsize=8)
+        ax.grid(axis="x", which="both", alpha=0.3)
     keys = {row["label"]: row["key"] for result in results for row in result["rows"]}
-    paper = [(y, 1.0 if keys[label] == "jmp" else PAPER_TRAP_RELATIVE)
-             for y, label in zip(ys, labels) if keys[label] in ("jmp", "trap")]
-    ax.barh([y + len(results) * width for y, _ in paper], [v for _, v in paper], width,
-            label="paper (P4 cycles)", color="grey")
-    ax.set_yticks([y + width * len(results) / 2 for y in ys], labels, fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("overhead relative to the jmp rel32 splice (by the minimum)")
-    ax.set_title("Table 1 reproduced: relative cost of splices and floors")
-    ax.grid(axis="x", which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.subplots_adjust(left=0.32)  # room for the row labels
+    paper = [(y, PAPER["jmp_cycles"] if keys[label] == "jmp" else PAPER["trap_cycles"])
+             for y, label in zip(ys, labels) if keys.get(label) in ("jmp", "trap")]
+    axes[0][-1].barh([y for y, _ in paper], [v for _, v in paper], 0.6, color="grey")
+    axes[0][-1].set_xscale("log")
+    axes[0][-1].set_xlim(left=10)
+    axes[0][-1].set_title("paper (P4 1.4 GHz)", fontsize=9)
+    axes[0][-1].set_xlabel("cycles", fontsize=8)
+    axes[0][-1].grid(axis="x", which="both", alpha=0.3)
+    axes[0][0].set_yticks(ys, labels, fontsize=8)
+    fig.suptitle("Table 1 reproduced: what each splice adds to a getpid call, and the floors")
+    fig.subplots_adjust(left=0.2, wspace=0.08)
     return save_figure(fig, out_png, caption, caption_size=6)
 
 
@@ -168,7 +180,7 @@ def write_run(run_dir: Path, data: dict[str, Any], kernel: KernelBuild,
         clocks = "; ".join(f"{r['clock']}: {r['clock_meaning']}" for r in data["table1"])
         prov = _prov(kernel, ", ".join(r["clock"] for r in data["table1"]), clocks, n)
         plot_table1(data["table1"], run_dir / "table1.png", prov.summary())
-        sections.append(report.Section("Table 1 — relative costs", prov, figures=["table1.png"]))
+        sections.append(report.Section("Table 1 — overheads", prov, figures=["table1.png"]))
     if "fig4" in data:
         dists = [_dist(d) for d in data["fig4"]]
         prov = _prov(kernel, STATIC, "instruction counts (capstone linear sweep)", sum(d.total_instructions for d in dists[:4]))

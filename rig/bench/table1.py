@@ -172,19 +172,20 @@ def derive(rows: list[dict[str, Any]]) -> dict[str, Any]:
     jmp = by_key.get("jmp", {}).get("overhead")
     for row in rows:
         if jmp and "overhead" in row:
-            row["relative"] = {s: (row["overhead"][s] / jmp[s] if jmp[s] else None) for s in ("min", "median")}
+            # A jmp overhead the clock cannot resolve (<= 0: host-time noise under TCG) makes no unit.
+            row["relative"] = {s: (row["overhead"][s] / jmp[s] if jmp[s] > 0 else None) for s in ("min", "median")}
     summary: dict[str, Any] = {}
     for stat in ("min", "median"):
         ratios: dict[str, float | None] = {}
         for trap in ("trap", "trap-own"):
             if trap in by_key and "jmp" in by_key:
                 j, t = by_key["jmp"]["overhead"][stat], by_key[trap]["overhead"][stat]
-                ratios[f"{trap.replace('-', '_')}_to_jmp"] = t / j if j else None
+                ratios[f"{trap.replace('-', '_')}_to_jmp"] = t / j if j > 0 else None
         for splice, floor in (("trap", "floor-int"), ("trap-own", "floor-int"), ("jmp", "floor-jmp-far")):
             if splice in by_key and floor in by_key and "overhead" in by_key[floor]:
                 f = by_key[floor]["overhead"][stat]
                 ratios[f"{splice}_to_{floor.removeprefix('floor-')}_floor"] = (
-                    by_key[splice]["overhead"][stat] / f if f else None)
+                    by_key[splice]["overhead"][stat] / f if f > 0 else None)
         summary[stat] = ratios
     return summary
 
