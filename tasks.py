@@ -189,7 +189,7 @@ def _choice(enum_type, value: str, what: str):
 def unsplice(c, id=None, all=False):
     """Undo a splice: the original kernel bytes come back exactly."""
     if id is None and not all:
-        raise RigError("say which splice to undo", hint="invoke unsplice ID (see invoke splices) or --all")
+        raise RigError("say which splice to undo", hint="invoke unsplice --id ID (see invoke splices) or --all")
     with lifecycle.instrumenter(start=False) as (_, manager):
         done = manager.unsplice_all() if all else [manager.unsplice(int(id))]
     for result in done:
