@@ -442,14 +442,11 @@ class Instrumenter:
         self.write_verified(rest)
 
     def unsplice_all(self) -> list[UnspliceResult]:
-        snap = self.prep(install=False) if self._has_repository() else None
-        if snap is None:
-            return []
-        return [self.unsplice(index) for index, _ in snap.active()]
-
-    def _has_repository(self) -> bool:
+        """Undo every active splice (each with its own busy-checked stop)."""
         with self._stopped():
-            return self.read_header() is not None
+            in_use = [index for index, record in enumerate(self.read_slots()) if record.in_use] \
+                if self.read_header() is not None else []
+        return [self.unsplice(index) for index in in_use]
 
     def active(self) -> tuple[Header | None, list[ActiveSplice]]:
         """The repository header and every active splice with its live hit count."""
