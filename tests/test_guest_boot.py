@@ -164,3 +164,19 @@ def test_failed_build_shows_errors_and_leaves_the_cache_consistent(kernel: kerne
     key = inputs.key()
     kernels = kernel.root.parent
     assert not (kernels / key).exists() and not (kernels / f"{key}.partial").exists()
+
+
+def test_accelerator_choice_follows_a_real_kvm_probe(kernel: kernel_build.KernelBuild) -> None:
+    """auto picks KVM only when the probe booted the i386 kernel under it; --accel kvm otherwise refuses."""
+    from rig.guest import accel
+
+    runs, why = accel.kvm_runs_i386(kernel.bzimage)
+    auto = accel.choose("auto", kernel.bzimage)
+    assert auto.accel == ("kvm" if runs else "tcg")
+    assert accel.choose("tcg", kernel.bzimage).accel == "tcg"
+    if runs:
+        assert accel.choose("kvm", kernel.bzimage).accel == "kvm"
+    else:
+        with pytest.raises(RigError, match="KVM cannot run this i386 guest") as error:
+            accel.choose("kvm", kernel.bzimage)
+        assert "--accel tcg" in (error.value.hint or "") and why
