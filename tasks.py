@@ -184,14 +184,15 @@ def _choice(enum_type, value: str, what: str):
     return names[value.lower()]
 
 
-@task(help={"id": "splice id (slot) from `invoke splices`", "all": "undo every active splice"})
+@task(help={"id": "the splice id (slot) shown by `invoke splices`, or `all`"})
 @reports_errors
-def unsplice(c, id=None, all=False):
-    """Undo a splice: the original kernel bytes come back exactly."""
-    if id is None and not all:
-        raise RigError("say which splice to undo", hint="invoke unsplice --id ID (see invoke splices) or --all")
+def unsplice(c, id):
+    """Undo a splice (`invoke unsplice 3`, `invoke unsplice all`): the original kernel bytes come back exactly."""
+    everything = id.lower() == "all"
+    if not everything and not id.isdigit():
+        raise RigError(f"'{id}' is not a splice id", hint="invoke unsplice ID (see invoke splices) or invoke unsplice all")
     with lifecycle.instrumenter(start=False) as (_, manager):
-        done = manager.unsplice_all() if all else [manager.unsplice(int(id))]
+        done = manager.unsplice_all() if everything else [manager.unsplice(int(id))]
     for result in done:
         console.print(f"unspliced {result.slot}: {result.function} at {result.point:#010x} "
                       f"({result.hits} hits, stalls {result.prep_stall_s * 1000:.2f} + {result.stall_s * 1000:.2f} ms); "

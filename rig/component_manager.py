@@ -210,7 +210,7 @@ class ComponentManager:
             if users:
                 raise ComponentRefused("in-use", f"component {name} is still spliced in (slot(s) "
                                        f"{', '.join(map(str, users))})",
-                                       f"unsplice first: invoke unsplice --id {users[0]}")
+                                       f"unsplice first: invoke unsplice {users[0]}")
             self.inst.check_not_busy(snap.tasks, gone=[ByteRange(entry.base, entry.size)])
             self._write_in_order(ctab.unload_writes(self.layout, index, entry))
         return entry
