@@ -194,9 +194,9 @@ def test_point_is_written_last_and_undo_restores_it(image: KernelImage, mode: Mo
     assert memory.read(point, p.window.length) == image.text_bytes(point, p.window.length)
     for address, data in springs_before.items():
         assert memory.read(address, len(data)) == data
-    if mode is Mode.TRAP:
-        key, _ = decode_table(memory.read(LAYOUT.table_entry(0), 8) + bytes(8))[0]
-        assert key == FREE_KEY
+    # Every mode leaves its slot's table entry released (FREE_KEY), nothing a handler could match.
+    assert memory.read(LAYOUT.table_entry(0), 8)[:4] == FREE_KEY.to_bytes(4, "little")
+    assert decode_table(memory.read(LAYOUT.table_entry(0), 8)) == {}
     # Undo from the record the guest holds gives the same kernel-text writes.
     record = decode_slot(next(w.data for w in p.writes if w.role == "slot"))
     assert [(w.address, w.data) for w in undo_writes(LAYOUT, 0, record)] == [(w.address, w.data) for w in p.undo]
@@ -206,7 +206,7 @@ def test_trap_table_entry_maps_return_eip_to_patch(image: KernelImage) -> None:
     point = code_of(image, "caller").instructions[1].address
     p = plan(image, "caller", point, Mode.TRAP, Policy.SINGLE)
     table = next(w for w in p.writes if w.role == "trap-table")
-    assert decode_table(table.data + bytes(8)) == [(point + 2, p.patch_address)]
+    assert decode_table(table.data) == {0: (point + 2, p.patch_address)}
     assert p.trap_return == point + 2 and p.hops == 0
 
 
@@ -271,7 +271,7 @@ def test_springboards_of_active_splices_are_not_reused(image: KernelImage) -> No
                    for a, n in used)
 
 
-def test_trap_with_a_vector_of_its_own_needs_no_table(image: KernelImage) -> None:
+def test_trap_with_a_vector_of_its_own_needs_no_table_lookup(image: KernelImage) -> None:
     from rig.splicer import idt
     from rig.splicer.plan import OwnVector
 
@@ -281,7 +281,10 @@ def test_trap_with_a_vector_of_its_own_needs_no_table(image: KernelImage) -> Non
     own = OwnVector(vector=0x83, idt_base=0xC0300000, free_gate=free_gate)
     p = plan(image, "caller", long, Mode.TRAP, Policy.SINGLE, own_vector=own)
     assert p.new_bytes[:2] == b"\xcd\x83" and p.trap_return is None
-    assert all(w.role != "trap-table" for w in p.writes)  # the vector alone says which patch
+    # The vector alone says which patch; the slot's table entry is written as released all the
+    # same, so whatever the slot held before cannot be matched by the shared handlers.
+    entry = next(w for w in p.writes if w.role == "trap-table")
+    assert entry.address == LAYOUT.table_entry(0) and decode_table(entry.data) == {}
     gate_write = next(w for w in p.writes if w.role == "idt-gate")
     assert gate_write.address == 0xC0300000 + 0x83 * 8 and gate_write.expect == free_gate
     gate = idt.decode_gate(gate_write.data)

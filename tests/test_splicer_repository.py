@@ -22,10 +22,10 @@ def test_trap_handler_disassembles_to_the_intended_stub() -> None:
     assert sum(i.size for i in insns) == len(code)
     text = [f"{i.mnemonic} {i.op_str}".strip() for i in insns]
     assert text[0] == f"inc dword ptr [{LAYOUT.handler_hits:#x}]"
-    assert text[1:4] == ["push eax", "push esi", "mov eax, dword ptr [esp + 8]"]
-    assert text[4] == f"mov esi, {LAYOUT.table:#x}"
-    assert "mov dword ptr [esp + 8], eax" in text  # the saved EIP is replaced
-    assert text[-3:] == ["pop esi", "pop eax", "iretd"]
+    assert text[1:5] == ["push eax", "push esi", "push ecx", "mov eax, dword ptr [esp + 0xc]"]
+    assert text[5:7] == [f"mov esi, {LAYOUT.table:#x}", f"mov ecx, {LAYOUT.slots:#x}"]  # every slot's entry
+    assert "mov dword ptr [esp + 0xc], eax" in text  # the saved EIP is replaced
+    assert text[-4:] == ["pop ecx", "pop esi", "pop eax", "iretd"]
     # Every branch stays inside the stub.
     for insn in insns:
         if insn.mnemonic.startswith("j"):

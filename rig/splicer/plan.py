@@ -194,9 +194,10 @@ def _writes(layout: RepositoryLayout, slot: int, record: SlotRecord, patch_code:
     patch = bytes(head) + patch_code
     writes = [MemoryWrite(area, patch, "patch")]
     writes += [MemoryWrite(b.address, b.data, "springboard", expect=b.original) for b in springboards]
-    if trap_return is not None:
-        writes.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(trap_return, record.patch_address),
-                                  "trap-table"))
+    # Every splice owns its slot's table entry, dispatching through it or not (jmp, own vector:
+    # FREE_KEY), so nothing a slot held before can be matched by the handlers.
+    key = (trap_return, record.patch_address) if trap_return is not None else (FREE_KEY, 0)
+    writes.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(*key), "trap-table"))
     writes.append(MemoryWrite(layout.slot_record(slot), encode_slot(record), "slot"))
     writes.append(MemoryWrite(layout.in_use_flag(slot), b"\x01", "slot-flag"))
     if own_vector is not None:
@@ -218,8 +219,7 @@ def undo_writes(layout: RepositoryLayout, slot: int, record: SlotRecord,
     """
     undo = [MemoryWrite(record.point, record.original, "point", expect=expect_new)]
     undo += [MemoryWrite(b.address, b.original, "springboard") for b in record.springboards]
-    if record.mode in (Mode.TRAP, Mode.INT3):
-        undo.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(FREE_KEY, 0), "trap-table"))
+    undo.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(FREE_KEY, 0), "trap-table"))
     undo.append(MemoryWrite(layout.slot_record(slot), bytes(SLOT_RECORD_SIZE), "slot"))
     undo.append(MemoryWrite(layout.in_use_flag(slot), b"\x00", "slot-flag"))
     if record.vector:

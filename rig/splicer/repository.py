@@ -11,8 +11,9 @@ not a host-side file, is the record of what is spliced:
                  the records stay the truth: a flag set on a record not in use is skipped)
     base+0x0100  trap handler stub (interrupt gate target)
     base+0x0180  int3 handler stub (vector 3 while int3 splices exist; chains to the kernel's)
-    base+0x0200  trap table: (return EIP, patch address) u32 pairs, one per slot, key 0 ends it,
-                 key FREE_KEY marks a released slot (kept so later entries stay reachable)
+    base+0x0200  trap table: (return EIP, patch address) u32 pairs, one per slot; every splice writes
+                 its slot's entry (FREE_KEY where the mode dispatches without it: jmp, own vector),
+                 and the handlers scan every slot's entry, so no entry can hide another
     base+0x1000  slot table: one SLOT_RECORD_SIZE record per slot
     base+0x10000 patch areas: PATCH_AREA_SIZE each; hit counter at +0, code at +PATCH_CODE_OFFSET
     base+0x20000 bench scratch (BENCH_SCRATCH_*): the benchmarks' floor code and samples, never
@@ -22,8 +23,9 @@ not a host-side file, is the record of what is spliced:
 
 The header keeps no "slots in use" count: it would duplicate the in-use flags of the slot
 records and could go stale if an apply is interrupted; count in-use records instead.
-Slots must be taken lowest-free-first (:meth:`RepositoryLayout.free_slot`), which keeps every
-trap-table entry below the highest used one non-zero, so the handler's scan reaches them all.
+The handlers' scan covers all ``slots`` entries whatever they hold (an earlier design stopped
+at the first zero key, so a jmp splice in slot 0 hid a trap splice in slot 1 and crashed the
+guest): which slot a splice takes and what its neighbours are can never hide it.
 """
 from __future__ import annotations
 
@@ -254,14 +256,13 @@ def encode_table_entry(return_eip: int, patch: int) -> bytes:
     return _TABLE_ENTRY.pack(return_eip, patch)
 
 
-def decode_table(raw: bytes) -> list[tuple[int, int]]:
-    """Entries up to the terminator, FREE_KEY ones included (they keep their position)."""
-    entries = []
-    for key, patch in _TABLE_ENTRY.iter_unpack(raw[: len(raw) // 8 * 8]):
-        if key == 0:
-            break
-        entries.append((key, patch))
-    return entries
+def decode_table(raw: bytes) -> dict[int, tuple[int, int]]:
+    """The entries a handler would dispatch on, by slot: {slot: (return EIP, patch)}.
+
+    Like the handlers' scan, every entry counts whatever its neighbours hold; 0 (never written)
+    and FREE_KEY (no dispatch through the table) are left out."""
+    return {slot: (key, patch) for slot, (key, patch) in enumerate(_TABLE_ENTRY.iter_unpack(raw[: len(raw) // 8 * 8]))
+            if key not in (0, FREE_KEY)}
 
 
 # ---- the trap handler stub --------------------------------------------------------------------
@@ -271,16 +272,18 @@ def _label(label: int, instr: ix.Instruction) -> ix.Instruction:
 
 
 def _table_scan(layout: RepositoryLayout, scan: int, found: int, missing: int) -> list[ix.Instruction]:
-    """eax = saved EIP; walk the trap table from esi: to ``found`` with esi at the entry, or ``missing``."""
+    """eax = saved EIP; look at every slot's entry (ecx counts them): to ``found`` with esi at the
+    entry, or ``missing``. No key value ends the scan early, so no entry can hide another."""
     mem, reg, code = ix.MemoryOperand, ix.Register, ix.Code
     return [
         ix.Instruction.create_reg_u32(code.MOV_R32_IMM32, reg.ESI, layout.table),
-        _label(scan, ix.Instruction.create_mem_i32(code.CMP_RM32_IMM8, mem(reg.ESI), 0)),
-        ix.Instruction.create_branch(code.JE_REL8_32, missing),
-        ix.Instruction.create_reg_mem(code.CMP_R32_RM32, reg.EAX, mem(reg.ESI)),
+        ix.Instruction.create_reg_u32(code.MOV_R32_IMM32, reg.ECX, layout.slots),
+        _label(scan, ix.Instruction.create_reg_mem(code.CMP_R32_RM32, reg.EAX, mem(reg.ESI))),
         ix.Instruction.create_branch(code.JE_REL8_32, found),
         ix.Instruction.create_reg_i32(code.ADD_RM32_IMM8, reg.ESI, 8),
-        ix.Instruction.create_branch(code.JMP_REL8_32, scan),
+        ix.Instruction.create_reg(code.DEC_R32, reg.ECX),
+        ix.Instruction.create_branch(code.JNE_REL8_32, scan),
+        ix.Instruction.create_branch(code.JMP_REL8_32, missing),
     ]
 
 
@@ -293,29 +296,47 @@ def _encode(body: list[ix.Instruction], address: int, limit: int, what: str) -> 
     return stub
 
 
+_SAVED = (ix.Register.EAX, ix.Register.ESI, ix.Register.ECX)  # what the scan clobbers
+_SAVED_EIP = 4 * len(_SAVED)  # the interrupted EIP above the saved registers
+
+
+def _save() -> list[ix.Instruction]:
+    return [ix.Instruction.create_reg(ix.Code.PUSH_R32, r) for r in _SAVED]
+
+
+def _restore(label: int | None = None) -> list[ix.Instruction]:
+    pops = [ix.Instruction.create_reg(ix.Code.POP_R32, r) for r in reversed(_SAVED)]
+    return [_label(label, pops[0]), *pops[1:]] if label is not None else pops
+
+
+def _lookup(layout: RepositoryLayout, scan: int, found: int, missing: int) -> list[ix.Instruction]:
+    """Registers saved; the saved EIP looked up; found: the saved EIP becomes the patch address."""
+    mem, reg, code = ix.MemoryOperand, ix.Register, ix.Code
+    return [
+        *_save(),
+        ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESP, displ=_SAVED_EIP, displ_size=1)),
+        *_table_scan(layout, scan, found, missing),
+        _label(found, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESI, displ=4, displ_size=1))),
+        ix.Instruction.create_mem_reg(code.MOV_RM32_R32, mem(reg.ESP, displ=_SAVED_EIP, displ_size=1), reg.EAX),
+    ]
+
+
 def trap_handler_code(layout: RepositoryLayout) -> bytes:
     """Interrupt-gate target for the splice vector, assembled with iced-x86.
 
     Entry stack (kernel -> kernel, no privilege change): [esp] = EIP after ``int $n``, then CS,
     EFLAGS. The stub counts the hit, looks the EIP up in the trap table and, when found,
     replaces the saved EIP with the patch address; ``iret`` then resumes there with the
-    interrupted EFLAGS (so the flags the stub clobbers do not leak). eax/esi are saved.
+    interrupted EFLAGS (so the flags the stub clobbers do not leak). eax/esi/ecx are saved.
     Not found (should not happen: a table entry is written before its point): the saved EIP
-    stays, execution resumes after the ``int`` in the middle of the overwritten window.
+    stays, execution resumes after the ``int`` in the int3 filler, which oopses loudly.
     """
-    mem, reg, code = ix.MemoryOperand, ix.Register, ix.Code
     scan, found, done = 1, 2, 3
     body = [
-        ix.Instruction.create_mem(code.INC_RM32, mem(displ=layout.handler_hits, displ_size=4)),
-        ix.Instruction.create_reg(code.PUSH_R32, reg.EAX),
-        ix.Instruction.create_reg(code.PUSH_R32, reg.ESI),
-        ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESP, displ=8, displ_size=1)),
-        *_table_scan(layout, scan, found, done),
-        _label(found, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESI, displ=4, displ_size=1))),
-        ix.Instruction.create_mem_reg(code.MOV_RM32_R32, mem(reg.ESP, displ=8, displ_size=1), reg.EAX),
-        _label(done, ix.Instruction.create_reg(code.POP_R32, reg.ESI)),
-        ix.Instruction.create_reg(code.POP_R32, reg.EAX),
-        ix.Instruction.create(code.IRETD),
+        ix.Instruction.create_mem(ix.Code.INC_RM32, ix.MemoryOperand(displ=layout.handler_hits, displ_size=4)),
+        *_lookup(layout, scan, found, done),
+        *_restore(done),
+        ix.Instruction.create(ix.Code.IRETD),
     ]
     return _encode(body, layout.handler, INT3_HANDLER_OFFSET - HANDLER_OFFSET, "trap handler")
 
@@ -327,25 +348,18 @@ def int3_handler_code(layout: RepositoryLayout, kernel_int3: int) -> bytes:
     the stub first hands every ``int3`` from user mode (saved CS with RPL 3) to the kernel's own
     ``int3`` entry unchanged. From kernel mode it looks the saved EIP (point + 1) up in the
     trap table: found, it counts the hit and ``iret``s into the patch; not found (an ``int3``
-    that is not ours), it restores eax/esi and jumps to the kernel's entry too.
+    that is not ours), it restores the registers and jumps to the kernel's entry too.
     """
     mem, reg, code = ix.MemoryOperand, ix.Register, ix.Code
     scan, found, missing, chain = 1, 2, 3, 4
     body = [
         ix.Instruction.create_mem_u32(code.TEST_RM8_IMM8, mem(reg.ESP, displ=4, displ_size=1), 3),
         ix.Instruction.create_branch(code.JNE_REL8_32, chain),
-        ix.Instruction.create_reg(code.PUSH_R32, reg.EAX),
-        ix.Instruction.create_reg(code.PUSH_R32, reg.ESI),
-        ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESP, displ=8, displ_size=1)),
-        *_table_scan(layout, scan, found, missing),
-        _label(found, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESI, displ=4, displ_size=1))),
-        ix.Instruction.create_mem_reg(code.MOV_RM32_R32, mem(reg.ESP, displ=8, displ_size=1), reg.EAX),
+        *_lookup(layout, scan, found, missing),
         ix.Instruction.create_mem(code.INC_RM32, mem(displ=layout.handler_hits, displ_size=4)),
-        ix.Instruction.create_reg(code.POP_R32, reg.ESI),
-        ix.Instruction.create_reg(code.POP_R32, reg.EAX),
+        *_restore(),
         ix.Instruction.create(code.IRETD),
-        _label(missing, ix.Instruction.create_reg(code.POP_R32, reg.ESI)),
-        ix.Instruction.create_reg(code.POP_R32, reg.EAX),
+        *_restore(missing),
         _label(chain, ix.Instruction.create_branch(code.JMP_REL32_32, kernel_int3)),
     ]
     return _encode(body, layout.int3_handler, HANDLER_MAX - (INT3_HANDLER_OFFSET - HANDLER_OFFSET), "int3 handler")
