@@ -22,7 +22,7 @@ from rig.errors import RigError
 from rig.instrument import Instrumenter, SpliceResult
 from rig.kernel.cflags import argv_text, compile_object, kernel_cflags
 from rig.splicer import component_table as ctab
-from rig.splicer.component import (ComponentObject, ComponentRefused, LinkedComponent, Param, find_hook,
+from rig.splicer.component import (ComponentObject, ComponentRefused, LinkedComponent, Param, find_hook, kernel_symbols,
                                    layout_size, link, size_breakdown)
 from rig.splicer.image import ByteRange
 from rig.splicer.plan import PatchKind
@@ -132,13 +132,7 @@ class ComponentManager:
         if not obj.exists():
             raise RigError(f"component {entry.name} in the guest was loaded from an object this host does not "
                            f"have (sha256 {entry.sha256[:16]}...)", "unload it and load it again from here")
-        return link(ComponentObject.load(obj, entry.name), entry.base, self._resolve)
-
-    def _resolve(self, name: str) -> int | None:
-        try:
-            return self.inst.image.symbol(name).address
-        except RigError:
-            return None
+        return link(ComponentObject.load(obj, entry.name), entry.base, kernel_symbols(self.inst.image))
 
     def _users(self, entry: ctab.ComponentEntry, slots: list[SlotRecord]) -> tuple[int, ...]:
         """Active splices whose patch branches into the component (read from their patch code)."""
@@ -190,7 +184,7 @@ class ComponentManager:
                                f"unload it first: invoke unload {obj.name}")
             size = layout_size(obj)
             base = table.allocate(size, f"component {obj.name} ({size_breakdown(obj)})")
-            linked = link(obj, base, self._resolve, capacity=table.largest_gap())
+            linked = link(obj, base, kernel_symbols(self.inst.image), capacity=table.largest_gap())
             index = table.free_index()
             entry = ctab.ComponentEntry(obj.name, base, linked.size, obj.sha256)
             self._write_in_order(ctab.load_writes(self.layout, table, index, entry, linked.image, fresh))

@@ -181,3 +181,21 @@ def test_replace_and_wrap_patches(snippet_object: Path) -> None:  # noqa: F811
     with pytest.raises(SpliceRefused) as err:
         plan_splice(code, code.start, Mode.TRAP, Policy.DISPLACE, layout, 0, PatchKind.WRAP, vector=0x81)
     assert err.value.reason == "bad-call-target"
+
+
+def test_init_symbols_of_vmlinux_are_refused(kernel, tmp_path: Path) -> None:  # noqa: ANN001 - fixture
+    """A component calling an __init function of the real vmlinux (freed after boot) is refused by name;
+    one calling core kernel code links."""
+    from rig.splicer.component import kernel_symbols
+    from rig.splicer.image import KernelImage
+
+    image = KernelImage.load(kernel.vmlinux)
+    resolve = kernel_symbols(image)
+    init_caller = compile_c("extern void tcp_init(void);\nvoid f(void) { tcp_init(); }", tmp_path, "initcall")
+    with pytest.raises(ComponentRefused) as err:
+        link(ComponentObject.load(init_caller), BASE, resolve)
+    assert err.value.reason == "init-symbol" and "tcp_init" in err.value.message and ".text.init" in err.value.message
+    core_caller = compile_c("extern int sys_getpid(void);\nint f(void) { return sys_getpid(); }", tmp_path, "core")
+    linked = link(ComponentObject.load(core_caller), BASE, resolve)
+    assert image.function("sys_getpid").address in [
+        i.near_branch_target for i in decode_function(linked, "f") if i.is_call_near or i.is_jmp_near]  # -O2: tail jmp

@@ -71,3 +71,30 @@ def test_natural_multi_hop_chain_in_the_scheduler(vmlinux: KernelImage) -> None:
                 assert board.original == vmlinux.text_bytes(board.address, len(board.original))
             return
     pytest.fail("no short instruction in the scheduler needs a chain of two or more springboards")
+
+
+@pytest.mark.parametrize("function", ["start_kernel", "tcp_init", "mem_init"])
+def test_init_text_is_refused(vmlinux: KernelImage, function: str) -> None:
+    """2.4 frees .text.init after boot: a splice there would write into reused pages."""
+    code = disassemble_function(vmlinux, function)
+    assert code.symbol.section == ".text.init"
+    with pytest.raises(SpliceRefused) as refused:
+        plan_splice(code, code.start, Mode.TRAP, Policy.DISPLACE, LAYOUT, 0, vector=0x81)
+    assert refused.value.reason == "init-text" and ".text.init" in refused.value.message
+
+
+@pytest.mark.parametrize("mode", [Mode.INT3, Mode.TRAP, Mode.JMP])
+def test_sti_hlt_interrupt_shadow_is_refused(vmlinux: KernelImage, mode: Mode) -> None:
+    """default_idle's `sti; hlt`: neither the sti nor the instruction in its shadow may move."""
+    code = disassemble_function(vmlinux, "default_idle")
+    sti = next(i for i in code.instructions if i.mnemonic == "sti")
+    after = code.instruction_at(sti.end)
+    gaps = vmlinux.padding_gaps()
+    for point in (sti.address, after.address):
+        with pytest.raises(SpliceRefused) as refused:
+            plan_splice(code, point, mode, Policy.DISPLACE, LAYOUT, 0, vector=0x81, springboard_space=gaps)
+        assert refused.value.reason == "interrupt-shadow"
+    # A window that ends right before the sti is fine: the shadow stays where it was.
+    before = next(i for i in code.instructions if i.end == sti.address)
+    earlier = next(i for i in code.instructions if i.end == before.address)
+    plan_splice(code, earlier.address, Mode.TRAP, Policy.SINGLE, LAYOUT, 0, vector=0x81)

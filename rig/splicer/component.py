@@ -24,7 +24,9 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from rig.errors import Refused
+from rig.errors import Refused, RigError
+from rig.splicer.image import KernelImage
+from rig.splicer.sections import freed_after_boot
 
 META_SECTION = ".trapsplice"
 SECTION_ALIGN = 16
@@ -197,6 +199,22 @@ def layout_size(obj: ComponentObject) -> int:
 
 def size_breakdown(obj: ComponentObject) -> str:
     return ", ".join(f"{s.name} {s.size}" for s in obj.sections) or "no sections"
+
+
+def kernel_symbols(image: KernelImage) -> Callable[[str], int | None]:
+    """``link``'s resolver for a vmlinux: a symbol's address, None when it has none; a symbol in
+    memory 2.4 frees after boot (``__init``/``__initdata``) is refused by name."""
+    def resolve(name: str) -> int | None:
+        try:
+            symbol = image.symbol(name)
+        except RigError:
+            return None
+        if freed_after_boot(symbol.section):
+            raise ComponentRefused("init-symbol", f"the component uses {name}, which lives in {symbol.section}: "
+                                   "2.4 frees that memory after boot (free_initmem)",
+                                   "use kernel code and data that stay (not __init/__initdata)")
+        return symbol.address
+    return resolve
 
 
 def link(obj: ComponentObject, base: int, resolve: Callable[[str], int | None],

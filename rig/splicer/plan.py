@@ -18,6 +18,7 @@ from rig.splicer import springboard as sb
 from rig.splicer.analysis import FunctionCode, Instruction, decode
 from rig.splicer.image import ByteRange, PaddingGap
 from rig.splicer.memory import MemoryWrite
+from rig.splicer.sections import freed_after_boot, why_not_spliceable
 from rig.splicer.repository import (FREE_KEY, MAX_ORIGINAL, MAX_SPRINGBOARDS, PATCH_AREA_SIZE,  # noqa: I001
                                     PATCH_CODE_OFFSET, SLOT_RECORD_SIZE, VECTOR_STUB_OFFSET, Mode, Policy,
                                     RepositoryLayout, SlotRecord, SpringboardRecord, encode_slot,
@@ -134,6 +135,11 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
         raise SpliceRefused("replace-not-entry", f"a replacing splice goes at {code.name}'s entry "
                             f"({code.start:#x}), not {point:#x}: the component takes over the caller's frame",
                             "splice at offset 0, or wrap instead")
+    not_text = why_not_spliceable(code.symbol.section)
+    if not_text is not None:
+        reason = "init-text" if freed_after_boot(code.symbol.section) else "not-core-text"
+        raise SpliceRefused(reason, f"{code.name} cannot be spliced: {not_text}",
+                            "pick a function in the core text (.text); `nm vmlinux` shows where each lives")
     _check_not_spliced(code, point, slot, layout, active)
     if not code.is_boundary(point):
         raise SpliceRefused("not-boundary", f"{point:#x} is not the start of an instruction in {code.name}",
@@ -258,6 +264,7 @@ def _choose_window(code: FunctionCode, point: int, need: int, policy: Policy) ->
                                 f"(at {', '.join(hex(a) for a in code.unresolved_indirect_jumps)}); one could "
                                 "land inside a multi-instruction window",
                                 "use --policy single, or --mode trap at a 2-byte instruction")
+    _check_interrupt_shadow(code, taken)
     for insn in taken:
         _check_relocatable(code, insn)
     length = sum(i.size for i in taken)
@@ -309,6 +316,28 @@ def _check_relocatable(code: FunctionCode, insn: Instruction) -> None:
     if insn.mnemonic in ("int3", "int", "into", "iretd", "iret", "sysexit", "hlt"):
         raise SpliceRefused("unrelocatable", f"{insn.mnemonic} at {insn.address:#x} is not relocated",
                             "pick another point")
+
+
+def _shadows(insn: Instruction) -> bool:
+    """``sti``, ``mov ss`` and ``pop ss`` hold off interrupts until the next instruction is done
+    (SDM vol. 3, 6.8.3): ``sti; hlt`` in default_idle relies on it to not lose a wakeup."""
+    return insn.mnemonic == "sti" or (insn.mnemonic in ("mov", "pop") and insn.op_str.startswith("ss"))
+
+
+def _check_interrupt_shadow(code: FunctionCode, taken: Sequence[Instruction]) -> None:
+    """Refuse a window that would move an instruction out of, or into, an interrupt shadow.
+
+    Relocated, ``sti`` would shadow the patch's next instruction instead of its own, and the
+    instruction after ``sti`` would run behind a branch, outside the shadow."""
+    before = [i for i in code.instructions if i.end == taken[0].address]
+    for insn in [*before, *taken]:
+        if _shadows(insn) and not insn.is_data:
+            where = "right before the point" if insn in before else "inside the window"
+            raise SpliceRefused("interrupt-shadow", f"{insn.mnemonic} {insn.op_str}".strip() +
+                                f" at {insn.address:#x} ({where}) holds off interrupts for exactly one "
+                                "instruction; a splice here would move that instruction out of its shadow "
+                                "and a wakeup could be lost",
+                                "pick a point at least one instruction away from it")
 
 
 def _check_not_spliced(code: FunctionCode, point: int, slot: int, layout: RepositoryLayout,
