@@ -25,8 +25,10 @@ from rig.splicer import component_table as ctab
 from rig.splicer.component import (ComponentObject, ComponentRefused, LinkedComponent, Param, find_hook, kernel_symbols,
                                    layout_size, link, size_breakdown)
 from rig.splicer.image import ByteRange
+from rig.splicer.memory import MemoryWrite
 from rig.splicer.plan import PatchKind
 from rig.splicer.repository import PATCH_AREA_SIZE, PATCH_CODE_OFFSET, Mode, Policy, SlotRecord
+from rig.transaction import apply_writes
 
 COMPONENTS_DIR = paths.REPO_ROOT / "rig" / "components"
 _ERROR_LINES = 15
@@ -104,15 +106,27 @@ def _errors(stderr: str) -> list[str]:
 
 
 def parse_value(text: str, param: Param) -> int:
+    """A decimal ``text`` as the guest's u32, round(value * scale). Only finite numbers in the
+    parameter's range: what its 32 bits hold, narrowed to a range its doc declares as "(LOW..HIGH)"
+    (mss_adapt: "frame error rate (0..1)"). A guest event goes through here too: nan, inf or
+    1e999999999 must not reach the arithmetic."""
+    import re  # local: only this function may change in this module for now
+
+    low, high = Decimal(0), Decimal(0xFFFFFFFF) / param.scale
+    declared = re.search(r"\((-?\d+(?:\.\d+)?)\s*\.\.\s*(-?\d+(?:\.\d+)?)\)", param.doc)
+    if declared:
+        low, high = max(low, Decimal(declared[1])), min(high, Decimal(declared[2]))
+    allowed = f"{param.name} takes a number from {low:f} to {high.normalize():f}" + (
+        f" ({param.doc})" if param.doc else "")
     try:
-        value = Decimal(text)
+        value = Decimal(text.strip())
     except InvalidOperation:
-        raise RigError(f"{text!r} is not a number", f"{param.name}: {param.doc}") from None
-    raw = int((value * param.scale).to_integral_value())
-    if not 0 <= raw <= 0xFFFFFFFF:
-        raise RigError(f"{text} * {param.scale} = {raw} does not fit the 32-bit parameter {param.name}",
-                       f"{param.name}: {param.doc}")
-    return raw
+        raise RigError(f"{param.name} = {text!r} is not a number", allowed) from None
+    if not value.is_finite():
+        raise RigError(f"{param.name} = {text} is not a finite number", allowed)
+    if not low <= value <= high:
+        raise RigError(f"{param.name} = {text} is out of range", allowed)
+    return int((value * param.scale).to_integral_value())
 
 
 class ComponentManager:
@@ -187,7 +201,9 @@ class ComponentManager:
             linked = link(obj, base, kernel_symbols(self.inst.image), capacity=table.largest_gap())
             index = table.free_index()
             entry = ctab.ComponentEntry(obj.name, base, linked.size, obj.sha256)
-            self._write_in_order(ctab.load_writes(self.layout, table, index, entry, linked.image, fresh))
+            writes = ctab.load_writes(self.layout, table, index, entry, linked.image, fresh)
+            # One verified write at a time (the entry lies inside a fresh table); the entry commits.
+            apply_writes(self.gdb, self.layout, f"load component {obj.name}", [[w] for w in writes])
         return LoadedComponent(index, entry, linked, ())
 
     def unload(self, name: str) -> ctab.ComponentEntry:
@@ -206,13 +222,10 @@ class ComponentManager:
                                        f"{', '.join(map(str, users))})",
                                        f"unsplice first: invoke unsplice {users[0]}")
             self.inst.check_not_busy(snap.tasks, gone=[ByteRange(entry.base, entry.size)])
-            self._write_in_order(ctab.unload_writes(self.layout, index, entry))
+            clear_entry, fill = ctab.unload_writes(self.layout, index, entry)
+            apply_writes(self.gdb, self.layout, f"unload component {name}", [[clear_entry], [fill]],
+                         commit=clear_entry)
         return entry
-
-    def _write_in_order(self, writes: list) -> None:
-        """One verified write at a time: later writes may land inside earlier ones (table, entry)."""
-        for write in writes:
-            self.inst.write_verified([write])
 
     # ---- data by name ----------------------------------------------------------------
     def _split(self, dotted: str) -> tuple[str, str]:
@@ -229,10 +242,8 @@ class ComponentManager:
         address = component.linked.symbol(param.name).address
         with self.gdb.stopped():
             previous = int.from_bytes(self.gdb.read_memory(address, 4), "little")
-            self.gdb.write_memory(address, raw.to_bytes(4, "little"))
-            now = int.from_bytes(self.gdb.read_memory(address, 4), "little")
-        if now != raw:
-            raise RigError(f"read-back of {dotted} gave {now}, wrote {raw}", "reboot the guest")
+            write = MemoryWrite(address, raw.to_bytes(4, "little"), f"param {dotted}")
+            apply_writes(self.gdb, self.layout, f"set {dotted} = {value}", [[write]])
         return ParamSet(component.name, param, address, raw, previous)
 
     def get(self, dotted: str) -> int:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 from rig.errors import RigError
 from rig.gdb.batch import Batch, Pending
@@ -33,11 +34,14 @@ from rig.kernel.build import KernelBuild
 from rig.splicer import idt, repository
 from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage
+from rig.splicer.journal import Repair
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.plan import OwnVector, PatchKind, SplicePlan, SpliceRefused, plan_splice, undo_writes
 from rig.splicer.repository import Header, Mode, Policy, RepositoryLayout, SlotRecord
 from rig.splicer.stackcheck import BusyWord, busy_words
+from rig.transaction import Transaction, apply_writes, recover
 
+T = TypeVar("T")
 _MAX_TASKS = 512
 _BUSY_RETRY_PAUSE_S = 0.01
 _E820_RAM = 1
@@ -82,12 +86,36 @@ class UnspliceResult:
 
 
 @dataclass(frozen=True)
+class _BusyReads:
+    registers: Pending[dict[str, int]]
+    heads: dict[int, tuple[Pending[bytes], Pending[bytes]]]   # task -> (next_task, thread.esp) now
+    stacks: dict[int, tuple[int, Pending[bytes]]]             # task -> (from, its stack from there up)
+
+
+def _u32(raw: bytes) -> int:
+    return int.from_bytes(raw, "little")
+
+
+def _with_retries(attempt_once: Callable[[], T], retries: int) -> tuple[T, int]:
+    """Run a stop that may be refused as busy again, with the guest running in between."""
+    for attempt in range(retries + 1):
+        try:
+            return attempt_once(), attempt
+        except SpliceRefused as refused:
+            if refused.reason != "busy" or attempt == retries:
+                raise
+            time.sleep(_BUSY_RETRY_PAUSE_S)  # let the guest run on before looking again
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
 class GuestSnapshot:
     """What the prep stop read: enough to plan without the guest stopped."""
 
     header: Header
     slots: list[SlotRecord]
     tasks: list[tuple[int, int]]  # (task_struct address, saved kernel esp)
+    int3_gate: bytes              # IDT vector 3 (the kernel's, or re-pointed at the rig's int3 stub)
     idt: bytes | None = None      # the whole IDT, when a plan needs a vector of its own
 
     def active(self) -> list[tuple[int, SlotRecord]]:
@@ -104,6 +132,7 @@ class Instrumenter:
         self.layout = layout or RepositoryLayout()
         self.tasks_layout: TaskLayout = task_layout(kernel)
         self.last_prep_stall_s: float | None = None
+        self.repair: Repair | None = None  # what connect() found and finished of an interrupted change
 
     # ---- reading the guest (caller holds it stopped) ----------------------------------------
     def read_header(self) -> Header | None:
@@ -158,8 +187,10 @@ class Instrumenter:
         table = self.gdb.read_memory(idt_base, 256 * 8)
         vector = idt.find_free_vector(table, self.image.symbol("ignore_int").address)
         gate = idt.make_trap_gate(self.layout.handler).encode()
-        self._apply(repository.install_writes(self.layout, vector, idt_base, gate,
-                                              kernel_int3=self.image.symbol("int3").address))
+        writes = repository.install_writes(self.layout, vector, idt_base, gate,
+                                           kernel_int3=self.image.symbol("int3").address)
+        *body, gate_write = writes  # the gate last: nothing can trap into a half-made repository
+        apply_writes(self.gdb, self.layout, "install the repository", [body, [gate_write]])
         header = self.read_header()
         assert header is not None
         return header
@@ -173,8 +204,12 @@ class Instrumenter:
                 raise RigError("no component repository in the guest yet (nothing was spliced since boot)",
                                hint="splice something first: invoke splice --func NAME")
             header = self._install()
-        table = self.gdb.read_memory(self.image.symbol("idt_table").address, 256 * idt.GATE_SIZE) if read_idt else None
-        return GuestSnapshot(header=header, slots=self.read_slots(), tasks=self._read_tasks(), idt=table)
+        idt_base = self.image.symbol("idt_table").address
+        table = self.gdb.read_memory(idt_base, 256 * idt.GATE_SIZE) if read_idt else None
+        int3_gate = table[3 * idt.GATE_SIZE:4 * idt.GATE_SIZE] if table else self.gdb.read_memory(
+            self._int3_gate_address, idt.GATE_SIZE)
+        return GuestSnapshot(header=header, slots=self.read_slots(), tasks=self._read_tasks(), int3_gate=int3_gate,
+                             idt=table)
 
     @contextmanager
     def _stopped(self) -> Iterator[None]:
@@ -188,28 +223,56 @@ class Instrumenter:
         return snap
 
     # ---- checks inside the splice stop --------------------------------------------------
-    def _queue_stacks(self, batch: Batch, tasks: Sequence[tuple[int, int]]) -> list[tuple[int, int, Pending[bytes]]]:
-        """Queue reads of every task's kernel stack above its saved esp: (task, from, bytes)."""
-        size = self.tasks_layout.stack_size
-        return [(task, esp & ~3, batch.read(esp & ~3, task + size - (esp & ~3)))
-                for task, esp in tasks if task < esp < task + size]
+    def _queue_busy(self, batch: Batch, tasks: Sequence[tuple[int, int]]) -> _BusyReads:
+        """Queue what the busy check needs: the vCPU's registers, every known task's list link and
+        saved esp as they are now, and their stacks from where the prep stop saw them."""
+        lay, size = self.tasks_layout, self.tasks_layout.stack_size
+        heads = {task: (batch.read(task + lay.next_task, 4), batch.read(task + lay.thread_esp, 4))
+                 for task, _ in tasks}
+        stacks = {task: (esp & ~3, batch.read(esp & ~3, task + size - (esp & ~3)))
+                  for task, esp in tasks if task < esp < task + size}
+        return _BusyReads(batch.registers(["eip", "esp", "cs"]), heads, stacks)
 
-    def _busy_words(self, stacks: Sequence[tuple[int, int, Pending[bytes]]],
-                    registers: dict[str, int]) -> list[tuple[int, str]]:
-        """Stack words of every task plus the vCPU's eip and, in the kernel, its live stack."""
-        blobs = [(f"task {task:#x}", pending.value) for task, _, pending in stacks]
+    def _tasks_now(self, reads: _BusyReads) -> list[tuple[int, int]]:
+        """The task list as it is in this stop: from the links read in it, or walked again when
+        a task was forked since the prep stop (its link leads to a task not read)."""
+        now = {task: (_u32(nxt.value), _u32(esp.value)) for task, (nxt, esp) in reads.heads.items()}
+        init = self.image.symbol("init_task_union").address
+        order, task = [], init
+        while task in now and len(order) <= len(now):
+            order.append(task)
+            task = now[task][0]
+            if task == init:
+                return [(t, now[t][1]) for t in order]
+        return self._read_tasks()
+
+    def _busy_words(self, reads: _BusyReads) -> list[tuple[int, str]]:
+        """(after the batch ran) Every word the vCPU or a sleeping task could resume at: the vCPU's
+        eip, and each task's stack from its saved esp *now* (a task that slept deeper since the
+        prep stop has the part below read in one more pipeline)."""
+        size = self.tasks_layout.stack_size
+        registers = reads.registers.value
+        live: list[tuple[int, int]] = list(self._tasks_now(reads))
         if registers["cs"] & 3 == 0:  # in the kernel: the running task's live stack is not at thread.esp
-            esp = registers["esp"] & ~3
-            size = self.tasks_layout.stack_size
-            task, top = esp & ~(size - 1), (esp & ~(size - 1)) + size
-            # Usually already read: the live stack is shallower than at the task's last switch.
-            read_from = {t: start for t, start, _ in stacks}.get(task)
-            if read_from is None or esp < read_from:
-                blobs.append(("vcpu stack", self.gdb.read_memory(esp, top - esp)))
+            live.append((registers["esp"] & ~(size - 1), registers["esp"]))
+        more = self.gdb.batch()
+        pieces: list[tuple[str, int, bytes | Pending[bytes]]] = []
+        for index, (task, esp) in enumerate(live):
+            start = esp & ~3
+            if not task < start < task + size:
+                continue
+            origin = "vcpu stack" if index == len(live) - 1 and registers["cs"] & 3 == 0 else f"task {task:#x}"
+            have = reads.stacks.get(task)
+            if have is not None and have[0] <= start:
+                pieces.append((origin, start, have[1].value[start - have[0]:]))
+            else:
+                pieces.append((origin, start, more.read(start, task + size - start)))
+        more.run()
         words: list[tuple[int, str]] = [(registers["eip"], "vcpu eip")]
-        for origin, blob in blobs:
+        for origin, start, blob in pieces:
+            data = blob if isinstance(blob, bytes) else blob.value
             words += [(value, f"{origin} +{index * 4:#x}")
-                      for index, (value,) in enumerate(struct.iter_unpack("<I", blob[: len(blob) // 4 * 4]))]
+                      for index, (value,) in enumerate(struct.iter_unpack("<I", data[: len(data) // 4 * 4]))]
         return words
 
     @staticmethod
@@ -227,48 +290,9 @@ class Instrumenter:
         """(guest stopped) Refuse if the vCPU or a sleeping task would resume inside ``windows``
         (after their first byte) or anywhere in ``gone`` (code about to disappear)."""
         batch = self.gdb.batch()
-        registers = batch.registers(["eip", "esp", "cs"])
-        stacks = self._queue_stacks(batch, tasks)
+        reads = self._queue_busy(batch, tasks)
         batch.run()
-        self._refuse_if_busy(windows, gone, self._busy_words(stacks, registers.value))
-
-    @staticmethod
-    def _queue_expected(batch: Batch, writes: Sequence[MemoryWrite]) -> list[tuple[MemoryWrite, Pending[bytes]]]:
-        return [(w, batch.read(w.address, len(w.expect))) for w in writes if w.expect is not None]
-
-    @staticmethod
-    def _check_expected(expected: Sequence[tuple[MemoryWrite, Pending[bytes]]]) -> None:
-        for write, pending in expected:
-            if pending.value != write.expect:
-                raise RigError(f"guest memory at {write.address:#x} ({write.role}) is {pending.value.hex()}, "
-                               f"expected {write.expect.hex()}: the running kernel no longer matches vmlinux there",
-                               hint="was it changed behind the rig's back? reboot the guest (invoke halt; "
-                                    "invoke boot) to start from the built kernel")
-
-    def write_verified(self, group: Sequence[MemoryWrite]) -> None:
-        """(guest stopped) Write a group and read it back in the same pipeline; raise on a difference."""
-        if not group:
-            return
-        batch = self.gdb.batch()
-        for write in group:
-            batch.write(write.address, write.data)
-        readback = [batch.read(w.address, len(w.data)) for w in group]
-        batch.run()
-        for write, now in zip(group, readback):
-            if now.value != write.data:
-                raise RigError(f"read-back of {write.role} at {write.address:#x} differs from what was written",
-                               hint="the guest memory is not writable there?")
-
-    def _apply(self, writes: Sequence[MemoryWrite], checked: bool = False) -> None:
-        """Everything but the last write, read back; then the last write (the point), read back."""
-        if not checked:
-            batch = self.gdb.batch()
-            expected = self._queue_expected(batch, writes)
-            batch.run()
-            self._check_expected(expected)
-        *body, last = writes
-        self.write_verified(body)
-        self.write_verified([last])
+        self._refuse_if_busy(windows, gone, self._busy_words(reads))
 
     def _check_function_text(self, code: FunctionCode, guest: bytes, active: Sequence[SlotRecord]) -> None:
         """The function's bytes in the guest equal vmlinux's, outside active splice windows."""
@@ -283,7 +307,7 @@ class Instrumenter:
 
     # ---- the operations -------------------------------------------------------------------
     def resolve_point(self, function: str, offset: int | None = None, address: int | None = None) -> tuple[FunctionCode, int]:
-        symbol = self.image.function(function)
+        symbol = self.image.function(function, containing=address)  # an address picks one of same-named statics
         code = disassemble_function(self.image, symbol)
         if address is not None and offset is not None:
             raise RigError("give --offset or --addr, not both")
@@ -310,36 +334,33 @@ class Instrumenter:
                           springboards=springboards, call_target=call_target, own_vector=vector)
         patch_area = ByteRange(self.layout.patch_area(slot), repository.PATCH_AREA_SIZE)
         slot_before = repository.encode_slot(snap.slots[slot])
-        for attempt in range(retries + 1):
-            try:
-                with self._stopped():
-                    # One pipeline reads everything the plan rests on; then two write groups.
-                    batch = self.gdb.batch()
-                    text = batch.read(code.start, code.end - code.start)
-                    slot_now = batch.read(self.layout.slot_record(slot), len(slot_before))
-                    registers = batch.registers(["eip", "esp", "cs"])
-                    stacks = self._queue_stacks(batch, snap.tasks)
-                    expected = self._queue_expected(batch, plan.writes)
-                    vector3 = batch.read(self._int3_gate_address, idt.GATE_SIZE) if mode is Mode.INT3 else None
-                    batch.run()
-                    self._check_function_text(code, text.value, records)
-                    if slot_now.value != slot_before:
-                        raise RigError(f"repository slot {slot} changed since it was read",
-                                       hint="is another rig process splicing? retry")
-                    self._check_expected(expected)
-                    self._refuse_if_busy(plan.busy_ranges, [patch_area],
-                                         self._busy_words(stacks, registers.value))
-                    # int3: vector 3 is re-pointed at the rig's stub just before the point.
-                    gate = self._int3_gate_writes(vector3.value, to_rig=True) if vector3 else []
-                    self._apply([*plan.writes[:-1], *gate, plan.writes[-1]], checked=True)
-                vector = 3 if mode is Mode.INT3 else plan_vector(plan, snap.header.vector)
-                return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempt, vector,
-                                    prep_stall_s=self.last_prep_stall_s or 0.0)
-            except SpliceRefused as refused:
-                if refused.reason != "busy" or attempt == retries:
-                    raise
-                time.sleep(_BUSY_RETRY_PAUSE_S)  # let the guest run on before looking again
-        raise AssertionError("unreachable")
+        # int3: vector 3 is re-pointed at the rig's stub just before the point.
+        gate = self._int3_gate_writes(snap.int3_gate, to_rig=True) if mode is Mode.INT3 else []
+        *body, point_write = plan.writes
+        transaction = Transaction(self.gdb, self.layout, f"splice {plan.summary()}",
+                                  [[*body, *gate], [point_write]], commit=point_write)
+
+        def attempt() -> None:
+            with self._stopped():
+                # One pipeline reads everything the plan rests on; then the transaction writes.
+                batch = self.gdb.batch()
+                text = batch.read(code.start, code.end - code.start)
+                slot_now = batch.read(self.layout.slot_record(slot), len(slot_before))
+                busy = self._queue_busy(batch, snap.tasks)
+                transaction.queue_reads(batch)
+                batch.run()
+                self._check_function_text(code, text.value, records)
+                if slot_now.value != slot_before:
+                    raise RigError(f"repository slot {slot} changed since it was read",
+                                   hint="is another rig process splicing? retry")
+                transaction.check()
+                self._refuse_if_busy(plan.busy_ranges, [patch_area], self._busy_words(busy))
+                transaction.apply()
+
+        _, attempts = _with_retries(attempt, retries)
+        vector = 3 if mode is Mode.INT3 else plan_vector(plan, snap.header.vector)
+        return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempts, vector,
+                            prep_stall_s=self.last_prep_stall_s or 0.0)
 
     def _own_vector(self, vector: int) -> OwnVector:
         """The gate a vector of a splice's own had before (at ``ignore_int``, as 2.4's setup_idt made it)."""
@@ -403,43 +424,48 @@ class Instrumenter:
             in_use = ", ".join(str(index) for index, _ in snap.active()) or "none"
             raise RigError(f"no active splice in slot {slot}", hint=f"active slots: {in_use} (invoke splices)")
         record = snap.slots[slot]
-        own = self._own_vector(record.vector) if record.vector else None
-        writes = undo_writes(self.layout, slot, record, expect_new=None, own_vector=own)
-        last_int3 = record.mode == Mode.INT3 and not any(
-            r.mode == Mode.INT3 for index, r in snap.active() if index != slot)
-        window = ByteRange(record.point, record.window_length)
-        for attempt in range(retries + 1):
-            try:
-                with self._stopped():
-                    batch = self.gdb.batch()
-                    registers = batch.registers(["eip", "esp", "cs"])
-                    stacks = self._queue_stacks(batch, snap.tasks)
-                    counter = batch.read(record.counter_address, 4) if record.counter_address else None
-                    vector3 = batch.read(self._int3_gate_address, idt.GATE_SIZE) if last_int3 else None
-                    batch.run()
-                    self._refuse_if_busy([window], [], self._busy_words(stacks, registers.value))
-                    hits = int.from_bytes(counter.value, "little") if counter else 0
-                    # The last int3 splice gone: vector 3 goes back to the kernel's own entry.
-                    gate = self._int3_gate_writes(vector3.value, to_rig=False) if vector3 else []
-                    self._apply_undo([*writes, *gate], record)
-                break
-            except SpliceRefused as refused:
-                if refused.reason != "busy" or attempt == retries:
-                    raise
-                time.sleep(_BUSY_RETRY_PAUSE_S)  # let the guest run on before looking again
-        symbol = self.image.function_at(record.point)
-        return UnspliceResult(slot, symbol.name, record.point, hits, self.gdb.last_stall_s or 0.0,
-                              prep_stall_s=self.last_prep_stall_s or 0.0)
-
-    def _apply_undo(self, writes: Sequence[MemoryWrite], record: SlotRecord) -> None:
-        """Point first (restoring vmlinux's bytes), then the rest; each read back."""
         built = self.image.text_bytes(record.point, record.window_length)
         if built != record.original:
             raise RigError(f"slot record for {record.point:#x} holds bytes that differ from vmlinux",
                            hint="the repository is damaged; reboot the guest")
-        point, *rest = writes
-        self.write_verified([point])
-        self.write_verified(rest)
+        own = self._own_vector(record.vector) if record.vector else None
+        point, *rest = undo_writes(self.layout, slot, record, expect_new=None, own_vector=own)
+        last_int3 = record.mode == Mode.INT3 and not any(
+            r.mode == Mode.INT3 for index, r in snap.active() if index != slot)
+        # The last int3 splice gone: vector 3 goes back to the kernel's own entry.
+        gate = self._int3_gate_writes(snap.int3_gate, to_rig=False) if last_int3 else []
+        symbol = self.image.function_at(record.point)
+        transaction = Transaction(self.gdb, self.layout, f"unsplice slot {slot} ({symbol.name} at {record.point:#x})",
+                                  [[point], [*rest, *gate]], commit=point)
+        window = ByteRange(record.point, record.window_length)
+
+        def attempt() -> int:
+            with self._stopped():
+                batch = self.gdb.batch()
+                busy = self._queue_busy(batch, snap.tasks)
+                counter = batch.read(record.counter_address, 4) if record.counter_address else None
+                transaction.queue_reads(batch)
+                batch.run()
+                self._refuse_if_busy([window], self._unsplice_gone(slot, record), self._busy_words(busy))
+                transaction.check()
+                transaction.apply()
+            return _u32(counter.value) if counter else 0
+
+        hits, _ = _with_retries(attempt, retries)
+        return UnspliceResult(slot, symbol.name, record.point, hits, self.gdb.last_stall_s or 0.0,
+                              prep_stall_s=self.last_prep_stall_s or 0.0)
+
+    def _unsplice_gone(self, slot: int, record: SlotRecord) -> list[ByteRange]:
+        """Code no one may be inside, anywhere, when a splice goes: its springboards (given back to
+        padding), and the dispatch that still leads into it -- the shared handlers (a vCPU inside
+        them holds the saved EIP point+branch, looked up in an entry about to be released) or the
+        splice's own vector stub."""
+        gone = [ByteRange(board.address, len(board.original)) for board in record.springboards]
+        if record.vector:
+            gone.append(ByteRange(self.layout.vector_stub(slot), repository.PATCH_CODE_OFFSET - repository.VECTOR_STUB_OFFSET))
+        elif record.mode in (Mode.TRAP, Mode.INT3):
+            gone.append(ByteRange(self.layout.handler, repository.HANDLER_MAX))
+        return gone
 
     def unsplice_all(self) -> list[UnspliceResult]:
         """Undo every active splice (each with its own busy-checked stop)."""
@@ -481,9 +507,14 @@ def plan_vector(plan: SplicePlan, shared: int) -> int:
 
 
 @contextmanager
-def connect(gdb_socket: Path, kernel: KernelBuild) -> Iterator[Instrumenter]:
-    """gdb attached to a running guest's stub, the guest left running; detached on exit."""
-    with GdbSession(vmlinux=kernel.vmlinux) as gdb:
-        gdb.attach(gdb_socket)  # QEMU stops the guest on connect: let it run again at once
+def connect(gdb_socket: Path, kernel: KernelBuild, gdb_path: str | None = None) -> Iterator[Instrumenter]:
+    """gdb attached to a running guest's stub, any interrupted change repaired, the guest left
+    running; detached on exit. ``gdb_path``: another gdb (fault injection runs one that dies)."""
+    with GdbSession(vmlinux=kernel.vmlinux, gdb_path=gdb_path) as gdb:
+        gdb.attach(gdb_socket)  # QEMU stops the guest on connect
+        manager = Instrumenter(gdb, kernel)
+        # A rig process that died inside a change left its journal open: finish that change
+        # before the guest runs on.
+        manager.repair = recover(gdb, manager.layout)
         gdb.cont()
-        yield Instrumenter(gdb, kernel)
+        yield manager

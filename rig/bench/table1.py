@@ -28,8 +28,10 @@ from rig.errors import RigError
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter
 from rig.splicer import idt
+from rig.splicer.memory import MemoryWrite
 from rig.splicer.plan import PatchKind
 from rig.splicer.repository import Mode, Policy
+from rig.transaction import apply_writes
 
 FUNCTION = "sys_getpid"
 PAPER = {"cpu": "Pentium 4 1.4 GHz", "kernel": "Linux 2.4.20", "compiler": "gcc 3.2",
@@ -125,9 +127,10 @@ def measure_floors(machine: QemuMachine, instr: Instrumenter, n: int, runs: int,
         table = gdb.read_memory(idt_base, 256 * idt.GATE_SIZE)
         vector = idt.find_free_vector(table, instr.image.symbol("ignore_int").address, prefer=0x82)
         old_gate = table[vector * idt.GATE_SIZE:(vector + 1) * idt.GATE_SIZE]
-        for write in floors.install_writes(sampler, vector):
-            gdb.write_memory(write.address, write.data)
-        gdb.write_memory(idt_base + vector * idt.GATE_SIZE, idt.make_trap_gate(sampler.iret_stub).encode())
+        gate = MemoryWrite(idt_base + vector * idt.GATE_SIZE, idt.make_trap_gate(sampler.iret_stub).encode(),
+                           "floor-gate", expect=old_gate)
+        apply_writes(gdb, instr.layout, "install the bench's floor sampler",
+                     [floors.install_writes(sampler, vector), [gate]])
     samples: dict[str, list[dict[str, int]]] = {floor: [] for floor in floors.FLOORS}
     spliced = None
     try:
@@ -135,7 +138,8 @@ def measure_floors(machine: QemuMachine, instr: Instrumenter, n: int, runs: int,
                                call_target=sampler.entry)
         for _ in range(runs):
             with gdb.stopped():
-                gdb.write_memory(sampler.index, floors.reset_bytes(sampler))
+                apply_writes(gdb, instr.layout, "reset the floor sampler",
+                             [[MemoryWrite(sampler.index, floors.reset_bytes(sampler), "floor-index")]])
             machine.console.request(f"bench getpid {n}", timeout=GUEST_TIMEOUT_S)
             with gdb.stopped():
                 taken = int.from_bytes(gdb.read_memory(sampler.index, 4), "little")
@@ -149,8 +153,10 @@ def measure_floors(machine: QemuMachine, instr: Instrumenter, n: int, runs: int,
         if spliced is not None:
             instr.unsplice(spliced.plan.slot)
         with gdb.stopped():
-            gdb.write_memory(idt_base + vector * idt.GATE_SIZE, old_gate)
-            gdb.write_memory(sampler.base, bytes(floors.ARRAYS_OFFSET))
+            gate_back = MemoryWrite(idt_base + vector * idt.GATE_SIZE, old_gate, "floor-gate")
+            apply_writes(gdb, instr.layout, "remove the bench's floor sampler",
+                         [[gate_back], [MemoryWrite(sampler.base, bytes(floors.ARRAYS_OFFSET), "floor-sampler")]],
+                         commit=gate_back)
     labels = {"null": "rdtsc pair (kernel)", "jmp": "bare taken jmp (kernel)",
               "jmp-far": "jmp rel32 out + back, another page (kernel)", "int": "bare int $n -> iret (kernel)"}
     rows = [_row(f"floor-{floor}", labels[floor], "floor", samples[floor]) for floor in floors.FLOORS]

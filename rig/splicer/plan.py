@@ -158,6 +158,7 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
     else:
         window, route, branch = _jmp_window(code, point, policy, layout.patch_code(slot), free, springboards)
 
+    _check_no_overlap(window, active)
     instructions = [i for i in code.instructions if window.start <= i.address < window.end]
     patch_address = layout.patch_code(slot)
     counter = layout.counter(slot) if patch_kind in _COUNTED else None
@@ -351,6 +352,18 @@ def _check_not_spliced(code: FunctionCode, point: int, slot: int, layout: Reposi
         if rec.patch_address == layout.patch_code(slot):
             raise SpliceRefused("slot-in-use", f"repository slot {slot} is in use",
                                 "take layout.free_slot(...) of the in-use slots")
+
+
+def _check_no_overlap(window: ByteRange, active: Sequence[SlotRecord]) -> None:
+    """A window may not take bytes another live splice has rewritten (the point's own window is
+    refused earlier as already spliced; this catches a window that runs into a later one)."""
+    for rec in active:
+        theirs = ByteRange(rec.point, max(rec.window_length, 1))
+        if rec.in_use and window.overlaps(theirs):
+            raise SpliceRefused("overlaps-splice", f"the {window.length}-byte window at {window.start:#x} runs into "
+                                f"the live splice at {rec.point:#x} ({theirs.length} byte(s))",
+                                f"pick a point whose window ends by {rec.point:#x}, use a shorter branch "
+                                "(--mode trap or int3, --policy single), or unsplice that one first")
 
 
 def _nearby(code: FunctionCode, point: int) -> str:

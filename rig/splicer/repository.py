@@ -15,6 +15,7 @@ not a host-side file, is the record of what is spliced:
                  its slot's entry (FREE_KEY where the mode dispatches without it: jmp, own vector),
                  and the handlers scan every slot's entry, so no entry can hide another
     base+0x1000  slot table: one SLOT_RECORD_SIZE record per slot
+    base+0x5000  write journal (rig.splicer.journal): the open transaction, if a rig process died in one
     base+0x10000 patch areas: PATCH_AREA_SIZE each; hit counter at +0, code at +PATCH_CODE_OFFSET
     base+0x20000 bench scratch (BENCH_SCRATCH_*): the benchmarks' floor code and samples, never
                  used by splices; rig.bench lays it out and clears it after a run
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 import iced_x86 as ix
 
 from rig.errors import RigError
+from rig.splicer.journal import JOURNAL_OFFSET, JOURNAL_SIZE
 from rig.splicer.memory import MemoryWrite
 
 MAGIC = b"TRAPSPLC"
@@ -64,6 +66,7 @@ BENCH_SCRATCH_SIZE = 0x100000
 COMPONENT_TABLE_OFFSET = BENCH_SCRATCH_OFFSET + BENCH_SCRATCH_SIZE
 COMPONENT_TABLE_SIZE = 0x1000
 COMPONENT_REGION_OFFSET = COMPONENT_TABLE_OFFSET + COMPONENT_TABLE_SIZE
+assert SLOT_TABLE_OFFSET + DEFAULT_SLOTS * SLOT_RECORD_SIZE <= JOURNAL_OFFSET < JOURNAL_OFFSET + JOURNAL_SIZE <= PATCH_OFFSET
 
 _HEADER = struct.Struct("<8sIIIIIIIIII")
 HEADER_HITS_OFFSET = 8 + 4 * 4  # magic, version, size, vector, handler -> hits
@@ -133,7 +136,7 @@ class RepositoryLayout:
         if IN_USE_OFFSET + self.slots > HANDLER_OFFSET:
             raise RigError(f"{self.slots} in-use flags overflow the header region", "use at most 128 slots")
         if self.table + (self.slots + 1) * _TABLE_ENTRY.size > self.base + SLOT_TABLE_OFFSET \
-                or self.slot_record(self.slots) > self.base + PATCH_OFFSET:
+                or self.slot_record(self.slots) > self.journal:
             raise RigError(f"{self.slots} slots overflow the table regions", "use at most 128 slots")
 
     @property
@@ -147,6 +150,10 @@ class RepositoryLayout:
     @property
     def handler_hits(self) -> int:
         return self.base + HEADER_HITS_OFFSET
+
+    @property
+    def journal(self) -> int:
+        return self.base + JOURNAL_OFFSET
 
     @property
     def table(self) -> int:

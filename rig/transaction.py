@@ -1,0 +1,171 @@
+"""The one write path into the guest: journaled, checked, read back, all-or-nothing.
+
+Every change of guest memory outside ``rig.gdb`` goes through :class:`Transaction` (splice,
+unsplice, repository install, component load/unload/set, the bench's floor gates), with the
+guest held stopped by the caller:
+
+1. :meth:`Transaction.queue_reads` puts the reads it needs into the caller's check pipeline
+   (the bytes now at every write, for the journal and for ``expect``; the journal header);
+2. :meth:`Transaction.check` refuses if a write's ``expect`` does not hold or another
+   transaction is still open;
+3. :meth:`Transaction.apply` records the journal, then writes group by group, each group
+   read back before the next (the commit write in its own group), then marks the journal idle.
+   A read-back that differs rolls everything back on the spot.
+
+:func:`recover` finishes a transaction a dead rig process left open (see
+:mod:`rig.splicer.journal` for the rule); every command runs it right after attaching, before
+the guest runs on.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rig.errors import RigError
+from rig.gdb.batch import Batch, Pending
+from rig.gdb.session import GdbSession
+from rig.splicer import journal
+from rig.splicer.memory import MemoryWrite
+from rig.splicer.repository import RepositoryLayout
+
+log = logging.getLogger(__name__)
+
+
+class ExpectedBytesDiffer(RigError):
+    """Guest memory a write rests on is not what the plan expects there."""
+
+    def __init__(self, write: MemoryWrite, found: bytes) -> None:
+        assert write.expect is not None
+        super().__init__(f"guest memory at {write.address:#x} ({write.role}) is {found.hex()}, expected "
+                         f"{write.expect.hex()}: the running kernel no longer matches vmlinux there",
+                         hint="was it changed behind the rig's back? reboot the guest (invoke halt; invoke boot) "
+                              "to start from the built kernel")
+        self.write = write
+        self.found = found
+
+
+@dataclass
+class Transaction:
+    """One all-or-nothing change: ``groups`` of writes in order, ``commit`` one of them."""
+
+    gdb: GdbSession
+    layout: RepositoryLayout
+    operation: str
+    groups: Sequence[Sequence[MemoryWrite]]
+    commit: MemoryWrite
+    _old: list[Pending[bytes]] = field(default_factory=list, init=False)
+    _journal_header: Pending[bytes] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.groups = [list(group) for group in self.groups if group]
+        if not any(write is self.commit for write in self.writes):
+            raise ValueError("the commit write must be one of the transaction's writes")
+
+    @property
+    def writes(self) -> list[MemoryWrite]:
+        return [write for group in self.groups for write in group]
+
+    # ---- inside the caller's stop ---------------------------------------------------------
+    def queue_reads(self, batch: Batch) -> None:
+        self._old = [batch.read(write.address, len(write.data)) for write in self.writes]
+        self._journal_header = batch.read(self.layout.journal, journal.HEADER_SIZE)
+
+    def check(self) -> None:
+        """(after the batch ran) expected bytes hold and no other transaction is open."""
+        assert self._journal_header is not None, "queue_reads first"
+        state = journal.decode_header(self._journal_header.value)
+        if state is not None and state.open:
+            raise RigError("an earlier rig command left a change half-done in the guest (its journal is open)",
+                           hint="run any invoke command that attaches (e.g. invoke splices): it repairs it first")
+        for write, old in zip(self.writes, self._old):
+            if write.expect is not None and old.value[:len(write.expect)] != write.expect:
+                raise ExpectedBytesDiffer(write, old.value[:len(write.expect)])
+
+    def apply(self) -> None:
+        """Journal, then each group written and read back; the journal marked idle last."""
+        writes = self.writes
+        old = [pending.value for pending in self._old]
+        entry = journal.entry_for(self.operation, writes, old, next(i for i, w in enumerate(writes) if w is self.commit))
+        payload, header = journal.encode(entry)
+        log.debug("%s: %d write(s) in %d group(s), commit %s", self.operation, len(writes), len(self.groups),
+                  self.commit.role)
+        record: list[MemoryWrite] = [MemoryWrite(self.layout.journal + journal.HEADER_SIZE, payload, "journal"),
+                                     MemoryWrite(self.layout.journal, header, "journal-header")]
+        done: list[MemoryWrite] = []
+        for group in self.groups:
+            try:
+                _write_checked(self.gdb, [*record, *group], check=group, before=done)
+            except _ReadBackDiffers as differs:
+                self._roll_back(entry)
+                raise RigError(f"read-back of {differs.write.role} at {differs.write.address:#x} differs from what "
+                               f"was written; '{self.operation}' was rolled back",
+                               hint="the guest memory is not writable there?") from None
+            record, done = [], [*done, *group]
+        self.gdb.write_memory(self.layout.journal, journal.idle_header(entry.sequence))
+
+    def run(self) -> None:
+        """Reads, checks and writes in one go (for callers with no check pipeline of their own)."""
+        batch = self.gdb.batch()
+        self.queue_reads(batch)
+        batch.run()
+        self.check()
+        self.apply()
+
+    def _roll_back(self, entry: journal.JournalEntry) -> None:
+        undo = [MemoryWrite(w.address, w.old, w.role) for w in reversed(entry.writes)]
+        _write_checked(self.gdb, undo, check=undo)
+        self.gdb.write_memory(self.layout.journal, journal.idle_header(entry.sequence))
+
+
+class _ReadBackDiffers(Exception):
+    def __init__(self, write: MemoryWrite) -> None:
+        super().__init__(write.role)
+        self.write = write
+
+
+def _write_checked(gdb: GdbSession, writes: Sequence[MemoryWrite], check: Sequence[MemoryWrite],
+                   before: Sequence[MemoryWrite] = ()) -> None:
+    """Write ``writes`` in order and read ``check`` back in the same pipeline: each must hold what
+    the writes so far (``before`` included) leave there."""
+    batch = gdb.batch()
+    for write in writes:
+        batch.write(write.address, write.data)
+    expected = journal.final_bytes([*before, *writes])[len(before):]
+    wanted = {id(w): final for w, (_, final) in zip(writes, expected)}
+    readback = [(write, batch.read(write.address, len(write.data))) for write in check]
+    batch.run()
+    for write, now in readback:
+        if now.value != wanted[id(write)]:
+            raise _ReadBackDiffers(write)
+
+
+def apply_writes(gdb: GdbSession, layout: RepositoryLayout, operation: str,
+                 groups: Sequence[Sequence[MemoryWrite]], commit: MemoryWrite | None = None) -> None:
+    """(guest stopped) A whole transaction; ``commit`` defaults to the last write."""
+    flat = [write for group in groups for write in group]
+    Transaction(gdb, layout, operation, groups, commit or flat[-1]).run()
+
+
+# ---- repair ---------------------------------------------------------------------------------
+def recover(gdb: GdbSession, layout: RepositoryLayout) -> journal.Repair | None:
+    """(guest stopped) Finish a transaction a dead rig process left open; None if there is none.
+
+    Raises when the journal cannot be honoured (its commit bytes are neither old nor new)."""
+    state = journal.decode_header(gdb.read_memory(layout.journal, journal.HEADER_SIZE))
+    if state is None or not state.open:
+        return None
+    entry = journal.decode_payload(state, gdb.read_memory(layout.journal + journal.HEADER_SIZE, state.length)
+                                   if state.length else b"")
+    if entry is None:  # the header never matched a payload: no write of that transaction happened
+        gdb.write_memory(layout.journal, journal.idle_header(state.sequence))
+        return None
+    current = gdb.read_many([(w.address, w.length) for w in entry.writes])
+    repair = journal.repair(entry, current)
+    log.info("journal: %s", repair.summary())
+    if repair.direction is journal.Direction.LOST:
+        raise RigError(repair.summary(),
+                       hint="something else changed the guest there; reboot it (invoke halt; invoke boot)")
+    _write_checked(gdb, repair.writes, check=repair.writes)
+    gdb.write_memory(layout.journal, journal.idle_header(state.sequence))
+    return repair
