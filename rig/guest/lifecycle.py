@@ -7,6 +7,7 @@ build and clock it runs with.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -16,11 +17,15 @@ from pathlib import Path
 from rig import instrument, paths
 from rig.errors import RigError
 from rig.guest import accel as accel_mod
+from rig.guest import qmp
 from rig.guest.accel import Clock
+from rig.guest.qmp import RunState
 from rig.guest.initrd import build_initrd
 from rig.instrument import Instrumenter
 from rig.guest.machine import BootInfo, MachineConfig, QemuMachine, pid_is_qemu
 from rig.kernel.build import KernelBuild, Progress, ensure_kernel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,23 +120,55 @@ def boot_background(prepared: PreparedGuest, ready_timeout: float = 60.0) -> tup
 
 
 def attach() -> tuple[GuestState, QemuMachine]:
-    """Connect to the running background guest's console."""
+    """Connect to the running background guest's console (resuming it first if a dead rig
+    process left it stopped)."""
     state = running()
     if state is None:
         raise RigError("no guest is running", hint="start one with: invoke boot")
+    resume_if_left_stopped(state)
     return state, QemuMachine.attach(state.machine_config(), state.pid)
 
 
+def resume_if_left_stopped(state: GuestState) -> RunState | None:
+    """A guest that QMP shows stopped while no rig command holds it was left so by a rig process
+    that died: attach (which repairs an interrupted change) and let it run; say so. Returns the
+    state it was found in, or None if it was running (or has no QMP socket)."""
+    config = state.machine_config()
+    found = qmp.query_status(config.qmp_socket)
+    if found is None or found.running:
+        return None
+    with qmp.guest_lock(config.run_dir):
+        found = qmp.query_status(config.qmp_socket)
+        if found is None or found.running:
+            return None  # the command that held it let it go
+        with instrument.connect(config.gdb_socket, state.kernel) as manager:
+            _announce(found, manager)
+    return found
+
+
+def _announce(found: RunState | None, manager: Instrumenter) -> None:
+    if found is not None and not found.running:
+        log.warning("the guest was found stopped (QMP status '%s') with no rig command attached: an earlier one "
+                    "died holding it; resumed", found.status)
+    if manager.repair is not None:
+        log.warning("%s", manager.repair.summary())
+
+
 @contextmanager
-def instrumenter(start: bool = True) -> Iterator[tuple[GuestState, Instrumenter]]:
-    """The running guest (booted first if ``start`` and none runs) with gdb attached to it."""
+def instrumenter(start: bool = True, gdb_path: str | None = None) -> Iterator[tuple[GuestState, Instrumenter]]:
+    """The running guest (booted first if ``start`` and none runs) with gdb attached to it, held
+    for this process alone; an interrupted change found on attaching is finished first."""
     state = running()
     if state is None:
         if not start:
             raise RigError("no guest is running", hint="start one with: invoke boot")
         state, _ = boot_background(prepare())
-    with instrument.connect(state.machine_config().gdb_socket, state.kernel) as manager:
-        yield state, manager
+    config = state.machine_config()
+    with qmp.guest_lock(config.run_dir):
+        found = qmp.query_status(config.qmp_socket)
+        with instrument.connect(config.gdb_socket, state.kernel, gdb_path=gdb_path) as manager:
+            _announce(found, manager)
+            yield state, manager
 
 
 def halt() -> GuestState | None:

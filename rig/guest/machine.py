@@ -6,7 +6,7 @@ init banner, ``shutdown()`` stops it with timeouts, and as a context manager it
 never leaks the process.  ``detach()`` hands a running guest over to a state file
 (``invoke boot``); :meth:`QemuMachine.attach` takes it back (later tasks).
 
-Every endpoint is private: the serial console and the GDB stub are unix sockets
+Every endpoint is private: the serial console, the GDB stub and QMP are unix sockets
 in a 0700 run directory, and the NIC (an i82557b, driven by 2.4.20's eepro100)
 hangs off an empty QEMU hub, with no route to any network.
 """
@@ -62,6 +62,10 @@ class MachineConfig:
         return self.run_dir / "gdb.sock"
 
     @property
+    def qmp_socket(self) -> Path:
+        return self.run_dir / "qmp.sock"
+
+    @property
     def console_log(self) -> Path:
         return self.run_dir / "console.log"
 
@@ -79,6 +83,7 @@ class MachineConfig:
                 "-serial", "chardev:console",
                 "-chardev", f"socket,id=gdb,path={self.gdb_socket},server=on,wait=off",
                 "-gdb", "chardev:gdb",
+                "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
                 "-netdev", "hubport,id=isolated,hubid=0",
                 "-device", "i82557b,netdev=isolated,romfile="]
         if self.firmware:
@@ -109,7 +114,8 @@ class QemuMachine:
             raise RuntimeError("machine already launched")
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.config.run_dir, 0o700)
-        for stale in (self.config.console_socket, self.config.gdb_socket, self.config.console_log):
+        for stale in (self.config.console_socket, self.config.gdb_socket, self.config.qmp_socket,
+                      self.config.console_log):
             stale.unlink(missing_ok=True)
         started = time.monotonic()
         with self.config.qemu_log.open("wb") as qemu_log:
@@ -181,7 +187,7 @@ class QemuMachine:
                     process.wait(timeout=timeout)
         else:
             _stop_foreign(pid, timeout)
-        for sock in (self.config.console_socket, self.config.gdb_socket):
+        for sock in (self.config.console_socket, self.config.gdb_socket, self.config.qmp_socket):
             sock.unlink(missing_ok=True)
 
     def detach(self) -> None:
