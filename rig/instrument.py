@@ -31,7 +31,7 @@ from rig.gdb.session import GdbSession
 from rig.guest.kernel_layout import TaskLayout, task_layout
 from rig.guest.machine import REPOSITORY_PHYS, REPOSITORY_SIZE
 from rig.kernel.build import KernelBuild
-from rig.splicer import idt, repository
+from rig.splicer import idt, journal, repository
 from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage
 from rig.splicer.journal import Repair
@@ -491,6 +491,70 @@ class Instrumenter:
                 found.append(ActiveSplice(index, record, symbol.name, record.point - symbol.address, hits))
         return header, found
 
+    def audit(self) -> list[str]:
+        """What in the guest disagrees with vmlinux and the repository's own records; [] when the
+        two agree: the kernel text equals vmlinux outside live windows and springboards, every live
+        splice's point holds its branch and its dispatch leads to its patch, no released slot can
+        still be matched, vector 3 is the rig's exactly while int3 splices live, no journal is open."""
+        # From _stext: head.S keeps the boot page tables in .text before it, and they change.
+        start, end = self.image.symbol("_stext").address, self.image.symbol("_etext").address
+        built = self.image.text_bytes(start, end - start)
+        with self._stopped():
+            batch = self.gdb.batch()
+            guest_text = batch.read(start, end - start)
+            journal_header = batch.read(self.layout.journal, journal.HEADER_SIZE)
+            gate3 = batch.read(self._int3_gate_address, idt.GATE_SIZE)
+            idt_table = batch.read(self.image.symbol("idt_table").address, 256 * idt.GATE_SIZE)
+            table = batch.read(self.layout.table, self.layout.slots * 8)
+            batch.run()
+            header = self.read_header()
+            live = [(i, r) for i, r in enumerate(self.read_slots()) if r.in_use] if header else []
+        problems: list[str] = []
+        state = journal.decode_header(journal_header.value)
+        if state is not None and state.open:
+            problems.append("a write journal is open (an interrupted change not yet repaired)")
+        allowed = [ByteRange(r.point, r.window_length) for _, r in live]
+        allowed += [ByteRange(b.address, len(b.original)) for _, r in live for b in r.springboards]
+        differ = [start + i for i, (a, b) in enumerate(zip(guest_text.value, built))
+                  if a != b and not any(start + i in span for span in allowed)]
+        for start, end in _runs(differ):
+            where = self._where(start)
+            problems.append(f"kernel text {start:#x}-{end:#x} ({where}) differs from vmlinux")
+        dispatch = repository.decode_table(table.value)
+        for slot, record in live:
+            problems += self._audit_splice(slot, record, guest_text.value[record.point - start:][:record.window_length],
+                                           dispatch.get(slot), idt.gate_at(idt_table.value, record.vector) if record.vector else None)
+        for slot in set(dispatch) - {slot for slot, _ in live}:
+            problems.append(f"released slot {slot} still has a trap-table entry the handlers would match")
+        wants_rig = any(r.mode == Mode.INT3 for _, r in live)
+        offset = idt.decode_gate(gate3.value).offset
+        if offset != (self.layout.int3_handler if wants_rig else self.image.symbol("int3").address):
+            problems.append(f"IDT vector 3 points at {offset:#x}, but {'some' if wants_rig else 'no'} int3 splice is live")
+        return problems
+
+    def _audit_splice(self, slot: int, record: SlotRecord, window: bytes, entry: tuple[int, int] | None,
+                      own_gate: idt.Gate | None) -> list[str]:
+        where = f"slot {slot} ({self._where(record.point)})"
+        first = {Mode.TRAP: (0xCD,), Mode.INT3: (0xCC,), Mode.JMP: (0xE9, 0xEB)}[Mode(record.mode)]
+        problems = []
+        if not window or window[0] not in first:
+            problems.append(f"{where}: the point holds {window.hex()}, not its {Mode(record.mode).name.lower()} branch")
+        shared = record.mode in (Mode.TRAP, Mode.INT3) and not record.vector
+        if shared and entry != (record.point + record.branch_length, record.patch_address):
+            problems.append(f"{where}: its trap-table entry is {entry}, not (point+{record.branch_length}, patch)")
+        if not shared and entry is not None:
+            problems.append(f"{where}: a {Mode(record.mode).name.lower()} splice with a trap-table entry {entry}")
+        if own_gate is not None and own_gate.offset != self.layout.vector_stub(slot):
+            problems.append(f"{where}: its own vector {record.vector:#x} points at {own_gate.offset:#x}")
+        return problems
+
+    def _where(self, address: int) -> str:
+        try:
+            symbol = self.image.function_at(address)
+        except RigError:
+            return "outside any function"
+        return f"{symbol.name}+{address - symbol.address:#x}"
+
     def counter(self, slot: int) -> int:
         """The hit counter of a slot's patch area (kept after unsplice, until the slot is reused)."""
         with self._stopped():
@@ -499,6 +563,17 @@ class Instrumenter:
     def handler_hits(self) -> int:
         with self._stopped():
             return int.from_bytes(self.gdb.read_memory(self.layout.handler_hits, 4), "little")
+
+
+def _runs(addresses: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive addresses as half-open (start, end) runs."""
+    runs: list[tuple[int, int]] = []
+    for address in addresses:
+        if runs and runs[-1][1] == address:
+            runs[-1] = (runs[-1][0], address + 1)
+        else:
+            runs.append((address, address + 1))
+    return runs
 
 
 def plan_vector(plan: SplicePlan, shared: int) -> int:

@@ -41,14 +41,15 @@ def relay(after_writes: int, argv: list[str]) -> int:
         writes = 0
         for line in sys.stdin.buffer:
             match = _WRITE.match(line)
+            writes += bool(match)
+            fatal = match is not None and writes == after_writes
+            if fatal:  # armed before gdb can answer it
+                fatal_token.append(match.group(1))
+                seen.set()
             gdb.stdin.write(line)
             gdb.stdin.flush()
-            if match:
-                writes += 1
-                if writes == after_writes:
-                    fatal_token.append(match.group(1))
-                    seen.set()
-                    return  # hold back everything after the fatal write
+            if fatal:
+                return  # hold back everything after the fatal write
         gdb.stdin.close()
 
     threading.Thread(target=commands_in, daemon=True).start()

@@ -39,14 +39,13 @@ def query_status(socket: Path) -> RunState | None:
     monitor.settimeout(_QMP_TIMEOUT_S)
     try:
         monitor.connect(negotiate=True)
-        reply = monitor.cmd("query-status")
+        reply = dict(monitor.cmd("query-status"))  # the command's return value
     except (OSError, Exception) as error:  # qemu.qmp raises its own ConnectError/ExecuteError kinds
         raise RigError(f"QEMU's monitor at {socket} does not answer ({error})",
                        hint="is QEMU itself stopped or wedged? invoke halt; invoke boot") from error
     finally:
         monitor.close()
-    result = reply.get("return", {})
-    return RunState(bool(result.get("running")), str(result.get("status", "unknown")))
+    return RunState(bool(reply.get("running")), str(reply.get("status", "unknown")))
 
 
 @contextmanager

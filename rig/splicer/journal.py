@@ -89,11 +89,11 @@ class Repair:
         if self.direction is Direction.LOST:
             return (f"an interrupted '{self.entry.operation}' left {self.entry.commit_write.role} at "
                     f"{self.entry.commit_write.address:#x} neither as it was nor as intended: not repaired")
-        verb = "finished" if self.direction is Direction.FORWARD else "rolled back"
+        forward = self.direction is Direction.FORWARD
         torn = ", ".join(self.differing) or "none"
         return (f"found an interrupted '{self.entry.operation}' ({done} of {len(self.entry.writes)} writes "
-                f"in their {'new' if self.direction is Direction.FORWARD else 'old'} state; to repair: {torn}); "
-                f"{verb} it")
+                f"in their {'new' if forward else 'old'} state; rewritten: {torn}): "
+                f"{'finished it (its commit write had landed)' if forward else 'rolled it back (its commit write had not landed)'}")
 
 
 def entry_for(operation: str, writes: Sequence[MemoryWrite], old: Sequence[bytes], commit: int,
