@@ -16,7 +16,7 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from rig.errors import RigError
+from rig.errors import Refused, RigError
 
 # Synthetic layout for relocatable objects: far from 0 so a zero word never looks like code.
 _REL_BASE = 0x10000000
@@ -104,6 +104,13 @@ class KernelImage:
                 self._by_name[sym.name] = sym
         self._functions = [s for s in self.symbols if s.kind == "FUNC" and s.size > 0]
         self._function_starts = [s.address for s in self._functions]
+        # Static functions of one name in several files (init_once, notesize, ...) are all kept:
+        # a name alone must not silently pick one of them.
+        self._functions_named: dict[str, list[Symbol]] = {}
+        for sym in self._functions:
+            copies = self._functions_named.setdefault(sym.name, [])
+            if all(copy.address != sym.address for copy in copies):  # an alias is not a second copy
+                copies.append(sym)
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -214,11 +221,42 @@ class KernelImage:
             raise RigError(f"no symbol {name!r} in {self.path.name}", self._suggest(name))
         return sym
 
-    def function(self, name: str) -> Symbol:
-        sym = self._by_name.get(name)
-        if sym is None or sym.kind != "FUNC" or sym.size == 0:
+    def function(self, name: str, containing: int | None = None) -> Symbol:
+        """The sized function ``name``. When several functions have that name (statics of different
+        files), ``containing``, an address inside one of them, picks it; without one it is refused."""
+        copies = self._functions_named.get(name, [])
+        if not copies:
             raise RigError(f"no function {name!r} in {self.path.name}", self._suggest(name))
-        return sym
+        if len(copies) == 1:
+            return copies[0]  # the caller checks that ``containing`` lies inside it
+        chosen = [sym for sym in copies if containing is not None and sym.address <= containing < sym.end]
+        if chosen:
+            return chosen[0]
+        files = self._source_files()
+        lines = [f"  {sym.address:#010x}  {sym.size:5} bytes  {sym.section:<10} "
+                 f"{files.get((sym.name, sym.address), 'global')}" for sym in copies]
+        where = "" if containing is None else f"; {containing:#x} is inside none of them"
+        raise Refused("ambiguous-function",
+                      f"{len(copies)} functions are named {name!r} in {self.path.name} (a static function "
+                      f"may share its name with functions of other files){where}:\n" + "\n".join(lines),
+                      f"pick one by an address inside it: --func {name} --addr {copies[0].address:#x}")
+
+    def _source_files(self) -> dict[tuple[str, int], str]:
+        """(name, address) -> source file of each local function, from the STT_FILE symbol that
+        precedes a file's locals in the symbol table (globals follow all locals: no file)."""
+        if self.relocatable:
+            return {}
+        files: dict[tuple[str, int], str] = {}
+        with self.path.open("rb") as stream:
+            symtab = ELFFile(stream).get_section_by_name(".symtab")
+            current = None
+            for sym in symtab.iter_symbols() if symtab is not None else ():
+                kind, bind = sym["st_info"]["type"], sym["st_info"]["bind"]
+                if kind == "STT_FILE":
+                    current = sym.name
+                elif kind == "STT_FUNC" and bind == "STB_LOCAL" and current:
+                    files[(sym.name, sym["st_value"])] = current
+        return files
 
     def _suggest(self, name: str) -> str:
         names = [s.name for s in self._functions]
