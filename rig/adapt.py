@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rig.component_manager import ComponentManager, ParamSet
+from rig.component_manager import ComponentManager, ParamSet, compile_component, parse_value, source_path
 from rig.errors import RigError
 from rig.guest.protocol import Event, parse_line
+from rig.splicer.component import ComponentObject, Param
 from rig.splicer.repository import Mode
 
 COMPONENT = "mss_adapt"
@@ -32,6 +33,7 @@ class ConsoleLogFollower:
         self.path = path
         self._offset = 0 if from_start else path.stat().st_size
         self._partial = ""
+        self._lines: list[str] = []  # read but not yet looked at: two events may arrive in one read
 
     def _new_lines(self) -> list[str]:
         with self.path.open("rb") as stream:
@@ -45,7 +47,9 @@ class ConsoleLogFollower:
     def next_event(self, name: str, deadline: float | None) -> Event | None:
         """The next ``@event NAME`` line, or None once ``deadline`` (monotonic) passes."""
         while True:
-            for line in self._new_lines():
+            self._lines += self._new_lines()
+            while self._lines:
+                line = self._lines.pop(0)
                 try:
                     parsed = parse_line(line)
                 except RigError:
@@ -65,8 +69,23 @@ class Adaptation:
     param: ParamSet
 
 
+def fer_param(manager: ComponentManager) -> Param:
+    """The component's declaration of fer (scale, documented range), from its cached object."""
+    source = source_path(COMPONENT)
+    declared = ComponentObject.load(compile_component(manager.kernel, source), source.stem)
+    param = next((p for p in declared.params if p.name == "fer"), None)
+    if param is None:
+        raise RigError(f"{source.name} declares no parameter fer", "declare it with TRAPSPLICE_PARAM(fer, ...)")
+    return param
+
+
 def apply_environment(manager: ComponentManager, fer: str, mode: Mode = Mode.TRAP) -> Adaptation:
     """Make sure mss_adapt is loaded and spliced into tcp_sync_mss, then set its FER."""
+    parse_value(fer, fer_param(manager))  # nan, inf, -0.5, 2: refused before anything is loaded or spliced
+    return _apply_checked(manager, fer, mode)
+
+
+def _apply_checked(manager: ComponentManager, fer: str, mode: Mode) -> Adaptation:
     loaded_before = {c.name: c for c in manager.loaded()}
     component = loaded_before.get(COMPONENT)
     slot = None
@@ -79,21 +98,35 @@ def apply_environment(manager: ComponentManager, fer: str, mode: Mode = Mode.TRA
 
 def watch(follower: ConsoleLogFollower, manager: ComponentManager, mode: Mode = Mode.TRAP,
           once: bool = False, timeout: float | None = None,
-          report: Callable[[Event, Adaptation], None] | None = None) -> list[Adaptation]:
-    """React to every netenv event until ``timeout`` s pass (or after the first, with ``once``)."""
+          report: Callable[[Event, Adaptation], None] | None = None,
+          skipped: Callable[[Event, RigError], None] | None = None) -> list[Adaptation]:
+    """React to every netenv event until ``timeout`` s pass (or after the first, with ``once``).
+
+    An event whose fer is missing or not a valid frame error rate is handed to ``skipped`` and
+    changes nothing: one bad announcement must not end the watch (nor count for ``once``)."""
     deadline = time.monotonic() + timeout if timeout is not None else None
+    param = fer_param(manager)
     done: list[Adaptation] = []
+    bad = 0
     while True:
         event = follower.next_event(EVENT, deadline)
         if event is None:
             if once and not done:
-                raise RigError(f"no '@event {EVENT}' from the guest within {timeout:g}s",
+                raise RigError(f"no usable '@event {EVENT}' from the guest within {timeout:g}s"
+                               + (f" ({bad} skipped)" if bad else ""),
                                hint="announce one: invoke console --cmd 'netenv fer=0.05'")
             return done
         fer = event.fields.get("fer")
-        if fer is None:
-            raise RigError(f"guest event without fer=: {event.raw!r}", "the guest init is older than the rig?")
-        adaptation = apply_environment(manager, fer, mode)
+        try:
+            if fer is None:
+                raise RigError("the event has no fer=", "announce one as: netenv fer=0.05")
+            parse_value(fer, param)
+        except RigError as error:
+            bad += 1
+            if skipped is not None:
+                skipped(event, error)
+            continue
+        adaptation = _apply_checked(manager, fer, mode)
         done.append(adaptation)
         if report is not None:
             report(event, adaptation)

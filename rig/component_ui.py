@@ -5,6 +5,7 @@ from rich.table import Table
 
 from rig.adapt import COMPONENT, FUNCTION, Adaptation
 from rig.component_manager import LoadedComponent, ParamSet
+from rig.errors import RigError
 from rig.guest.protocol import Event
 
 
@@ -34,3 +35,8 @@ def adaptation_line(event: Event, adaptation: Adaptation) -> str:
         steps.append(f"spliced {FUNCTION} → {COMPONENT} (slot {adaptation.spliced_slot})")
     steps.append(param_line(adaptation.param))
     return f"{event.raw}: " + "; ".join(steps)
+
+
+def skipped_line(event: Event, error: RigError) -> str:
+    """A bad announcement, reported and left alone (the watch goes on)."""
+    return f"{event.raw}: skipped, {error.message}" + (f" ({error.hint})" if error.hint else "")
