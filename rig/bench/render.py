@@ -8,7 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len
+from rich.table import Table as RichTable
+
 from rig.bench import fig4, fig5, report
+from rig.bench.report import _cell as cell_text  # exactly the text report.rich_table puts in a cell
 from rig.bench.figure import pyplot, save_figure
 from rig.bench.provenance import Provenance
 from rig.bench.table1 import PAPER
@@ -209,8 +213,13 @@ def _dist(d: dict[str, Any]) -> fig4.LengthDistribution:
     return dist_from_dict(d)
 
 
-def terminal_tables(sections: list[report.Section]) -> list[tuple[Any, Provenance, list[str]]]:
-    """(rich table, provenance, notes) per report table; a section's notes follow its last table."""
+def terminal_tables(sections: list[report.Section],
+                    width: int | None = None) -> list[tuple[Any, Provenance, list[str]]]:
+    """(rich table, provenance, notes) per report table; a section's notes follow its last table.
+
+    With ``width`` (the terminal's columns) every table fits it without splitting a word: columns
+    narrow only down to their longest word, and a table still too wide is shown in parts that
+    each repeat its first column."""
     out: list[tuple[Any, Provenance, list[str]]] = []
     for section in sections:
         for index, table in enumerate(section.tables):
@@ -219,6 +228,67 @@ def terminal_tables(sections: list[report.Section]) -> list[tuple[Any, Provenanc
                 keep = [i for i, h in enumerate(table.header) if h != "paper's conclusion"]
                 table = report.Table(table.caption, [table.header[i] for i in keep],
                                      [[row[i] for i in keep] for row in table.rows])
-            out.append((report.rich_table(table, section.provenance), section.provenance,
-                        section.notes if last else []))
+            parts = fit_table(table, section.provenance, width) if width else [
+                report.rich_table(table, section.provenance)]
+            for part_index, part in enumerate(parts):
+                final = part_index == len(parts) - 1
+                out.append((part, section.provenance, section.notes if last and final else []))
     return out
+
+
+# Rich's default table box: one border column at each side and between columns, a space of
+# padding either side of every cell.
+_BORDER, _PADDING = 1, 2
+
+
+def _words_width(text: str) -> tuple[int, int]:
+    """(longest word, whole text) in terminal cells."""
+    words = text.split()
+    return max((cell_len(word) for word in words), default=0), cell_len(text)
+
+
+def _fits(mins: list[int], width: int) -> bool:
+    return sum(mins) + len(mins) * (_BORDER + _PADDING) + _BORDER <= width
+
+
+def fit_table(table: report.Table, provenance: Provenance, width: int) -> list[RichTable]:
+    """``table`` as rich tables at most ``width`` cells wide in which no word is split (unless a
+    single word is wider than the terminal)."""
+    texts = [list(table.header)] + [[cell_text(c) for c in row] for row in table.rows]
+    measured = [[_words_width(row[col]) for row in texts] for col in range(len(table.header))]
+    mins = [max(word for word, _ in column) for column in measured]
+    # Room goes to what the rows need; a header wraps at its spaces instead.
+    maxs = [max([mins[col]] + [whole for _, whole in column[1:]]) for col, column in enumerate(measured)]
+    groups: list[list[int]] = []
+    for col in range(1, len(table.header)):  # column 0 names the row: every part repeats it
+        if groups and _fits([mins[c] for c in [0, *groups[-1], col]], width):
+            groups[-1].append(col)
+        else:
+            groups.append([col])
+    parts = []
+    for number, group in enumerate(groups or [[]], start=1):
+        columns = [0, *group]
+        widths = _spread([mins[c] for c in columns], [maxs[c] for c in columns],
+                         width - len(columns) * (_BORDER + _PADDING) - _BORDER)
+        part = report.rich_table(report.Table(table.caption, [table.header[c] for c in columns],
+                                              [[row[c] for c in columns] for row in table.rows]), provenance)
+        if len(groups) > 1:
+            part.title = table.caption if number == 1 else f"(continued, part {number} of {len(groups)})"
+            if number < len(groups):
+                part.caption = None  # the provenance once, under the last part
+        for column, column_width in zip(part.columns, widths):
+            column.width = column_width  # fixed: rich would otherwise shrink columns below their words
+        parts.append(part)
+    return parts
+
+
+def _spread(mins: list[int], maxs: list[int], room: int) -> list[int]:
+    """Column widths from their minimums up: the columns that need least to show their text on
+    one line get it first (a short header stays whole), the rest of the room goes to the others."""
+    widths = list(mins)
+    spare = room - sum(widths)
+    for i in sorted(range(len(widths)), key=lambda i: maxs[i] - mins[i]):
+        grant = max(0, min(maxs[i] - widths[i], spare))
+        widths[i] += grant
+        spare -= grant
+    return widths
