@@ -468,11 +468,24 @@ class Instrumenter:
         return gone
 
     def unsplice_all(self) -> list[UnspliceResult]:
-        """Undo every active splice (each with its own busy-checked stop)."""
+        """Undo every active splice, each with its own busy-checked stop. One that stays busy does
+        not stop the others: the error at the end names what was undone and what is still live."""
         with self._stopped():
             in_use = [index for index, record in enumerate(self.read_slots()) if record.in_use] \
                 if self.read_header() is not None else []
-        return [self.unsplice(index) for index in in_use]
+        done: list[UnspliceResult] = []
+        refused: list[tuple[int, SpliceRefused]] = []
+        for index in in_use:
+            try:
+                done.append(self.unsplice(index))
+            except SpliceRefused as refusal:
+                refused.append((index, refusal))
+        if refused:
+            undone = ", ".join(f"{r.slot} ({r.function})" for r in done) or "none"
+            still = "; ".join(f"slot {index}: {refusal.message}" for index, refusal in refused)
+            raise SpliceRefused("busy", f"unspliced {len(done)} of {len(in_use)}: undone {undone}; still live: {still}",
+                                "run invoke unsplice all again in a moment")
+        return done
 
     def active(self) -> tuple[Header | None, list[ActiveSplice]]:
         """The repository header and every active splice with its live hit count."""
