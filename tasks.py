@@ -10,14 +10,16 @@ from pathlib import Path
 from invoke import task
 
 from rig import adapt as adapt_mod
-from rig import component_ui, ui
+from rig import cli_args, component_ui, preflight, ui
 from rig.component_manager import ComponentManager
+from rig.component_manager import source_path as component_source
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.kernel import build as kernel_build
-from rig.splicer.plan import PatchKind
-from rig.splicer.repository import Mode, Policy
+from rig.splicer.repository import Mode
 from rig.ui import console, reports_errors
+
+cli_args.fix_invoke_parsing()  # `invoke load --help` shows help; `invoke set X -0.5` reaches the range check
 
 
 def _prepare(source: str | None, accel: str, icount: int | None) -> lifecycle.PreparedGuest:
@@ -62,7 +64,8 @@ def boot(c, source=None, accel="auto", icount=None):
     if existing is not None:
         raise RigError(f"a guest is already running (qemu pid {existing.pid}, {existing.clock.name}, "
                        f"up since {existing.started_at})", hint="invoke status / invoke halt")
-    prepared = _prepare(source, accel, int(icount) if icount is not None else None)
+    shift = cli_args.whole(icount, "icount", 0, cli_args.MAX_ICOUNT_SHIFT)
+    prepared = _prepare(source, accel, shift)
     with console.status("booting Linux 2.4.20…"):
         state, boot_info = lifecycle.boot_background(prepared)
     _show_guest(state, title=f"guest up in {boot_info.boot_seconds:.2f} s")
@@ -136,52 +139,40 @@ def _prompt() -> str | None:
         return None
 
 
-def _int(text: str | None) -> int | None:
-    return int(text, 0) if text is not None else None
-
-
 @task(help={"func": "kernel function to splice (e.g. tcp_sync_mss)",
-            "offset": "byte offset of the instrumentation point in the function (default 0)",
-            "addr": "absolute address of the point instead of --offset",
+            "offset": "byte offset of the point in FUNC, decimal or 0x-hex (default 0)",
+            "addr": "absolute address of the point instead of --offset (0x-hex); also picks one of "
+                    "several static functions named FUNC",
             "mode": "trap (int $n, 2 bytes) | jmp (jmp rel32, or jmp rel8 hops via springboards) | int3 (1 byte)",
             "policy": "auto (single where the instruction fits the branch, else displace; default) | single "
                       "(overwrite only the instruction at the point) | displace (whole instructions)",
-            "probe": "counter (count hits; default) | empty (only the displaced code: bare branch cost)",
+            "probe": "counter (count hits; default) | empty (only the displaced code: bare branch cost); "
+                     "not with --component",
             "component": "splice FUNC to this component's declared hook (replace or wrap) instead of a probe; "
                          "loads it first (rig/components/NAME.c or a .c path)",
             "dispatch": "trap mode: table (one shared vector, its handler looks the address up; default) | "
-                        "vector (a free IDT vector of the splice's own, no lookup)"})
+                        "vector (a free IDT vector of the splice's own, no lookup; not with --component)"})
 @reports_errors
-def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe="counter", component=None,
-           dispatch="table"):
+def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe=None, component=None,
+           dispatch=None):
     """Splice a probe, or a component (--component), into the running kernel at FUNC[+OFFSET]."""
-    mode_, kind = _choice(Mode, mode, "mode"), _choice(PatchKind, probe, "probe")
-    policy_ = None if policy == "auto" else _choice(Policy, policy, "policy")
-    if dispatch not in ("table", "vector"):
-        raise RigError(f"unknown --dispatch '{dispatch}'", hint="table or vector")
+    args = cli_args.splice_args(offset, addr, mode, policy, probe, component, dispatch)
+    if component:
+        component_source(component)  # a typo is refused before a guest is booted for it
+    preflight.check_function(func, args.address)
     with lifecycle.instrumenter() as (_, manager):
         if component:
-            if addr is not None:
-                raise RigError("--addr is not taken with --component", hint="use --offset (wraps) or nothing")
-            loaded, result = ComponentManager(manager).splice(func, component, mode=mode_, policy=policy_,
-                                                              offset=_int(offset))
+            loaded, result = ComponentManager(manager).splice(func, component, mode=args.mode, policy=args.policy,
+                                                              offset=args.offset)
         else:
-            result = manager.splice(func, mode=mode_, policy=policy_, offset=_int(offset), address=_int(addr),
-                                    patch_kind=kind, own_vector=dispatch == "vector")
+            result = manager.splice(func, mode=args.mode, policy=args.policy, offset=args.offset,
+                                    address=args.address, patch_kind=args.probe, own_vector=args.own_vector)
     for table in ui.splice_tables(result):
         console.print(table)
     if component:
         hook = loaded.linked.hook_for(func)
         console.print(f"{func} now goes to component {loaded.name} ({hook.kind} → {hook.entry} at "
                       f"{loaded.linked.symbol(hook.entry).address:#010x})")
-
-
-def _choice(enum_type, value: str, what: str):
-    names = {member.name.lower(): member for member in enum_type}
-    names.update({str(member.value): member for member in enum_type if isinstance(member.value, str)})
-    if value.lower() not in names:
-        raise RigError(f"unknown --{what} '{value}'", hint=f"one of: {', '.join(sorted(n for n in names if not n.isdigit()))}")
-    return names[value.lower()]
 
 
 @task(help={"id": "the splice id (slot) shown by `invoke splices`, or `all`"})
@@ -215,6 +206,7 @@ def splices(c):
 @reports_errors
 def load(c, name):
     """Compile (cached) and load a component into the repository, without splicing it."""
+    component_source(name)  # a typo is refused before a guest is booted for it
     with lifecycle.instrumenter() as (_, manager):
         loaded = ComponentManager(manager).load(name)
     console.print(f"component {loaded.name}: {loaded.entry.size} bytes at {loaded.entry.base:#010x}")
@@ -231,10 +223,14 @@ def components(c):
     console.print(component_ui.components_table(loaded, data))
 
 
-@task(name="set", help={"param": "COMPONENT.PARAM, e.g. mss_adapt.fer", "value": "decimal, e.g. 0.05"})
+@task(name="set", help={"param": "COMPONENT.PARAM, e.g. mss_adapt.fer (positional)",
+                        "value": "a decimal number in the parameter's range, e.g. 0.05 (positional; one that "
+                                 "starts with '-' only as --value=-0.5)"})
 @reports_errors
 def set_(c, param, value):
     """Set a component parameter live (scaled to the guest's integer, e.g. fer 0.05 -> 50000 ppm)."""
+    cli_args.component_variable(param)
+    cli_args.finite_number(value, param)
     with lifecycle.instrumenter(start=False) as (_, manager):
         done = ComponentManager(manager).set(param, value)
     console.print(component_ui.param_line(done))
@@ -244,6 +240,7 @@ def set_(c, param, value):
 @reports_errors
 def get(c, name):
     """Read a component's 32-bit variable live."""
+    cli_args.component_variable(name)
     with lifecycle.instrumenter(start=False) as (_, manager):
         console.print(f"{name} = {ComponentManager(manager).get(name)}")
 
@@ -262,15 +259,17 @@ def unload(c, name):
 @reports_errors
 def adapt(c, mode="trap", once=False, timeout=None):
     """Watch the guest for network-environment changes (@event netenv fer=X) and adapt the MSS by itself."""
+    mode_ = cli_args.choice(Mode, mode, "mode")
+    seconds = cli_args.seconds(timeout, "timeout")
     state = lifecycle.running()
     if state is None:
         raise RigError("no guest is running", hint="start one with: invoke boot")
     follower = adapt_mod.ConsoleLogFollower(state.machine_config().console_log)
     console.print("watching the guest for '@event netenv' (announce one: invoke console --cmd 'netenv fer=0.05')")
     with lifecycle.instrumenter(start=False) as (_, manager):
-        done = adapt_mod.watch(follower, ComponentManager(manager), mode=_choice(Mode, mode, "mode"), once=once,
-                               timeout=float(timeout) if timeout is not None else None,
-                               report=lambda event, step: console.print(component_ui.adaptation_line(event, step)))
+        done = adapt_mod.watch(follower, ComponentManager(manager), mode=mode_, once=once, timeout=seconds,
+                               report=lambda event, step: console.print(component_ui.adaptation_line(event, step)),
+                               skipped=lambda event, error: console.print(component_ui.skipped_line(event, error)))
     console.print(f"{len(done)} adaptation(s) applied")
 
 
@@ -282,7 +281,7 @@ def adapt(c, mode="trap", once=False, timeout=None):
             "accel": "auto | tcg | kvm for the first Table 1 boot (auto: KVM only where it really runs i386)",
             "counter": "add Table 1 rows with the counting probe"})
 @reports_errors
-def bench(c, table1=False, fig4=False, fig5=False, n=10_000, runs=5, icount=True, accel="auto", counter=False):
+def bench(c, table1=False, fig4=False, fig5=False, n=None, runs=None, icount=True, accel="auto", counter=False):
     """Reproduce the paper's Table 1, Fig. 4 and Fig. 5 into reports/<run-id>/ (all parts if none picked)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -291,14 +290,16 @@ def bench(c, table1=False, fig4=False, fig5=False, n=10_000, runs=5, icount=True
 
     everything = not (table1 or fig4 or fig5)
     options = bench_run.BenchOptions(table1=everything or table1, fig4=everything or fig4, fig5=everything or fig5,
-                                     n=int(n), runs=int(runs), accel=accel, icount=icount, counter_rows=counter)
+                                     n=cli_args.whole(n, "n", 1) or bench_run.DEFAULT_N,
+                                     runs=cli_args.whole(runs, "runs", 1) or bench_run.DEFAULT_RUNS,
+                                     accel=accel, icount=icount, counter_rows=counter)
     with Progress(TextColumn("[bold]{task.fields[phase]:<22}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TextColumn("[dim]{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("bench", total=bench_run.planned_steps(options), phase="", detail="")
         done = bench_run.run(options, note=lambda phase, detail: progress.update(
             bar, advance=1, phase=phase, detail=detail[:60]))
         progress.update(bar, completed=bench_run.planned_steps(options))
-    for table, provenance, notes in bench_render.terminal_tables(done.sections):
+    for table, provenance, notes in bench_render.terminal_tables(done.sections, width=console.width):
         console.print(table)
         for note in notes:
             console.print(f"  • {note}")
