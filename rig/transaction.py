@@ -92,17 +92,20 @@ class Transaction:
                   self.commit.role)
         record: list[MemoryWrite] = [MemoryWrite(self.layout.journal + journal.HEADER_SIZE, payload, "journal"),
                                      MemoryWrite(self.layout.journal, header, "journal-header")]
+        idle = MemoryWrite(self.layout.journal, journal.idle_header(entry.sequence), "journal-idle")
         done: list[MemoryWrite] = []
-        for group in self.groups:
+        for index, group in enumerate(self.groups):
+            last = index == len(self.groups) - 1
             try:
-                _write_checked(self.gdb, [*record, *group], check=group, before=done)
+                # The journal goes idle in the last group's pipeline, after its read-back: a death
+                # before that leaves it open (all written: the next command finishes it forward).
+                _write_checked(self.gdb, [*record, *group], check=group, before=done, then=[idle] if last else [])
             except _ReadBackDiffers as differs:
                 self._roll_back(entry)
                 raise RigError(f"read-back of {differs.write.role} at {differs.write.address:#x} differs from what "
                                f"was written; '{self.operation}' was rolled back",
                                hint="the guest memory is not writable there?") from None
             record, done = [], [*done, *group]
-        self.gdb.write_memory(self.layout.journal, journal.idle_header(entry.sequence))
 
     def run(self) -> None:
         """Reads, checks and writes in one go (for callers with no check pipeline of their own)."""
@@ -125,15 +128,17 @@ class _ReadBackDiffers(Exception):
 
 
 def _write_checked(gdb: GdbSession, writes: Sequence[MemoryWrite], check: Sequence[MemoryWrite],
-                   before: Sequence[MemoryWrite] = ()) -> None:
+                   before: Sequence[MemoryWrite] = (), then: Sequence[MemoryWrite] = ()) -> None:
     """Write ``writes`` in order and read ``check`` back in the same pipeline: each must hold what
-    the writes so far (``before`` included) leave there."""
+    the writes so far (``before`` included) leave there; ``then`` is written after the read-back."""
     batch = gdb.batch()
     for write in writes:
         batch.write(write.address, write.data)
     expected = journal.final_bytes([*before, *writes])[len(before):]
     wanted = {id(w): final for w, (_, final) in zip(writes, expected)}
     readback = [(write, batch.read(write.address, len(write.data))) for write in check]
+    for write in then:
+        batch.write(write.address, write.data)
     batch.run()
     for write, now in readback:
         if now.value != wanted[id(write)]:
