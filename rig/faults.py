@@ -10,6 +10,7 @@ fewer writes than k).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from rig.component_manager import ComponentManager
 from rig.errors import RigError
 from rig.gdb import dying
 from rig.guest import qmp
+from rig.guest.lifecycle import PreparedGuest, private_guest
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter, connect
 from rig.kernel.build import KernelBuild
@@ -81,12 +83,12 @@ def inject_each_write(machine: QemuMachine, kernel: KernelBuild, operation_name:
 
     ``setup`` brings the guest to the operation's starting state before every try (with a gdb that
     lives); ``fresh_guest`` (for operations that only run once per boot, like installing the
-    repository) replaces the guest before every try instead and returns the new one."""
+    repository) replaces the guest before every try after the first and returns the new one."""
     run = FaultRun(operation_name)
     real_gdb = tools.require("gdb")
     with tempfile.TemporaryDirectory(prefix="ts-faults-") as scratch:
         for k in range(1, max_writes + 1):
-            if fresh_guest is not None:
+            if fresh_guest is not None and k > 1:  # the first try runs on the guest given
                 machine = fresh_guest()
             if setup is not None:
                 with connect(machine.config.gdb_socket, kernel) as instrumenter:
@@ -190,3 +192,18 @@ def component_load_scenario(component: str = "mss_adapt") -> Scenario:
         instrumenter.prep(install=True)
 
     return Scenario(f"load component {component}", lambda i: ComponentManager(i).load(component), setup)
+
+
+def run_on_private_guests(scenario: Scenario, prepared: PreparedGuest,
+                          on_injection: Callable[[Injection], None] | None = None) -> FaultRun:
+    """The scenario on guests of its own (the user's background guest is not touched): one guest,
+    or a fresh one for every try when the scenario needs it."""
+    with contextlib.ExitStack() as current:
+        def fresh() -> QemuMachine:
+            current.close()  # the guest before goes first
+            return current.enter_context(private_guest(prepared))
+
+        machine = fresh()
+        return inject_each_write(machine, prepared.kernel, scenario.name, scenario.operation, setup=scenario.setup,
+                                 fresh_guest=fresh if scenario.needs_fresh_guest else None,
+                                 on_injection=on_injection)

@@ -6,10 +6,8 @@ nothing may be downloaded; any other failure to build or boot fails the tests.
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,17 +46,7 @@ def private_run_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="ts-"))
 
 
-@contextmanager
-def booted(prepared: lifecycle.PreparedGuest) -> Iterator[QemuMachine]:
-    """A guest in a private run dir, always shut down and cleaned up afterwards."""
-    run_dir = private_run_dir()
-    machine = QemuMachine(prepared.config(run_dir))
-    try:
-        machine.launch()
-        yield machine
-    finally:
-        machine.shutdown()
-        shutil.rmtree(run_dir, ignore_errors=True)
+booted = lifecycle.private_guest
 
 
 @pytest.fixture(scope="session")

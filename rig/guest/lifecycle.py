@@ -7,6 +7,8 @@ build and clock it runs with.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,6 +101,20 @@ def prepare(source: Path | None = None, accel: str = "auto", icount_shift: int |
         choice = accel_mod.choose(accel, kernel.bzimage)
     return PreparedGuest(kernel=kernel, initrd=initrd, clock=Clock(choice.accel, icount_shift),
                          accel_reason=choice.reason)
+
+
+@contextmanager
+def private_guest(prepared: PreparedGuest) -> Iterator[QemuMachine]:
+    """A guest of the caller's own in a private run directory (short: unix socket paths are
+    limited to 108 bytes), always shut down and removed afterwards."""
+    run_dir = Path(tempfile.mkdtemp(prefix="ts-"))
+    machine = QemuMachine(prepared.config(run_dir))
+    try:
+        machine.launch()
+        yield machine
+    finally:
+        machine.shutdown()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def boot_background(prepared: PreparedGuest, ready_timeout: float = 60.0) -> tuple[GuestState, BootInfo]:
