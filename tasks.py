@@ -60,11 +60,11 @@ def kernel(c, source=None):
 @reports_errors
 def boot(c, source=None, accel="auto", icount=None):
     """Boot the guest in the background (builds what is missing) and wait for its init."""
+    shift = cli_args.whole(icount, "icount", 0, cli_args.MAX_ICOUNT_SHIFT)
     existing = lifecycle.running()
     if existing is not None:
         raise RigError(f"a guest is already running (qemu pid {existing.pid}, {existing.clock.name}, "
                        f"up since {existing.started_at})", hint="invoke status / invoke halt")
-    shift = cli_args.whole(icount, "icount", 0, cli_args.MAX_ICOUNT_SHIFT)
     prepared = _prepare(source, accel, shift)
     with console.status("booting Linux 2.4.20…"):
         state, boot_info = lifecycle.boot_background(prepared)
@@ -115,20 +115,19 @@ def console_(c, cmd=None):
     _, machine = lifecycle.attach()
     try:
         if cmd:
-            _ask(machine, cmd)
+            _ask(machine, cmd)  # one request: a refusal is the task's error (exit status 1)
             return
         while line := _prompt():
-            _ask(machine, line)
+            try:
+                _ask(machine, line)
+            except RigError as error:  # at the prompt: say so and go on
+                console.print(f"[red]{error.message}[/]")
     finally:
         machine.detach()
 
 
 def _ask(machine, line: str) -> None:
-    try:
-        reply = machine.console.request(line, timeout=120)
-    except RigError as error:
-        console.print(f"[red]{error.message}[/]")
-        return
+    reply = machine.console.request(line, timeout=120)
     console.print(" ".join(f"[cyan]{k}[/]={v}" for k, v in reply.fields.items()) or "ok")
 
 
@@ -230,7 +229,7 @@ def components(c):
 def set_(c, param, value):
     """Set a component parameter live (scaled to the guest's integer, e.g. fer 0.05 -> 50000 ppm)."""
     cli_args.component_variable(param)
-    cli_args.finite_number(value, param)
+    cli_args.finite_number(value, param.partition(".")[2])  # worded as parse_value words its range check
     with lifecycle.instrumenter(start=False) as (_, manager):
         done = ComponentManager(manager).set(param, value)
     console.print(component_ui.param_line(done))

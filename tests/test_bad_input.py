@@ -53,9 +53,9 @@ BAD_ARGUMENTS = [
      "--addr is not taken with --component"),
     (["splice", "--func", "tcp_sync_mss", "--component", "nosuch"], "no component named 'nosuch'"),
     (["load", "nosuch"], "no component named 'nosuch'"),
-    (["set", "mss_adapt.fer", "nan"], "mss_adapt.fer = nan is not a finite number"),
-    (["set", "mss_adapt.fer", "inf"], "mss_adapt.fer = inf is not a finite number"),
-    (["set", "mss_adapt.fer", "abc"], "mss_adapt.fer = 'abc' is not a number"),
+    (["set", "mss_adapt.fer", "nan"], "fer = nan is not a finite number"),
+    (["set", "mss_adapt.fer", "inf"], "fer = inf is not a finite number"),
+    (["set", "mss_adapt.fer", "abc"], "fer = 'abc' is not a number"),
     (["set", "fer", "0.05"], "'fer' is not COMPONENT.NAME"),
     (["get", "fer"], "'fer' is not COMPONENT.NAME"),
     (["unsplice", "x"], "'x' is not a splice id"),
@@ -173,6 +173,19 @@ def test_adapt_skips_a_bad_announcement_and_applies_the_next(guest: QemuMachine,
                             skipped=lambda event, error: skipped.append(f"{event.raw}: {error.message}"))
     assert skipped == ["@event netenv fer=2: fer = 2 is out of range"]
     assert applied.fer == "0.05" and applied.param.raw == 50_000
+
+
+def test_set_refuses_values_outside_the_loaded_components_range(components: adapt.ComponentManager) -> None:
+    """What `invoke set mss_adapt.fer -0.5` does once the value gets past invoke: nothing is written."""
+    components.load("mss_adapt")
+    for text, message in (("-0.5", "fer = -0.5 is out of range"), ("2", "fer = 2 is out of range"),
+                          ("1e999999999", "fer = 1e999999999 is out of range"),
+                          ("nan", "fer = nan is not a finite number")):
+        with pytest.raises(RigError) as refused:
+            components.set("mss_adapt.fer", text)
+        assert (refused.value.message, refused.value.hint) == (
+            message, "fer takes a number from 0 to 1 (frame error rate (0..1))")
+    assert components.get("mss_adapt.fer") == 0
 
 
 # ---- one of several static functions of the same name --------------------------------------------
