@@ -133,6 +133,7 @@ class Instrumenter:
         self.tasks_layout: TaskLayout = task_layout(kernel)
         self.last_prep_stall_s: float | None = None
         self.repair: Repair | None = None  # what connect() found and finished of an interrupted change
+        self.on_change: Callable[[], None] | None = None  # called after every splice and unsplice
 
     # ---- reading the guest (caller holds it stopped) ----------------------------------------
     def read_header(self) -> Header | None:
@@ -358,6 +359,7 @@ class Instrumenter:
                 transaction.apply()
 
         _, attempts = _with_retries(attempt, retries)
+        self._changed()
         vector = 3 if mode is Mode.INT3 else plan_vector(plan, snap.header.vector)
         return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempts, vector,
                             prep_stall_s=self.last_prep_stall_s or 0.0)
@@ -452,8 +454,13 @@ class Instrumenter:
             return _u32(counter.value) if counter else 0
 
         hits, _ = _with_retries(attempt, retries)
+        self._changed()
         return UnspliceResult(slot, symbol.name, record.point, hits, self.gdb.last_stall_s or 0.0,
                               prep_stall_s=self.last_prep_stall_s or 0.0)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _unsplice_gone(self, slot: int, record: SlotRecord) -> list[ByteRange]:
         """Code no one may be inside, anywhere, when a splice goes: its springboards (given back to

@@ -80,11 +80,11 @@ def test_gdb_reads_the_running_kernel_text(instrumenter: Instrumenter, kernel: k
     assert live == image.text_bytes(symbol.address, 16)
 
 
-def test_gdb_stub_and_console_are_private_unix_sockets(guest: QemuMachine) -> None:
+def test_gdb_stub_console_and_qmp_are_private_unix_sockets(guest: QemuMachine) -> None:
     argv = guest.config.argv()
     joined = " ".join(argv)
     assert "tcp:" not in joined and "-gdb tcp" not in joined
-    for sock in (guest.config.console_socket, guest.config.gdb_socket):
+    for sock in (guest.config.console_socket, guest.config.gdb_socket, guest.config.qmp_socket):
         assert sock.is_socket()
         assert (sock.parent.stat().st_mode & 0o077) == 0  # run dir is 0700
 

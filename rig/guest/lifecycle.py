@@ -21,6 +21,7 @@ from rig.errors import RigError
 from rig.guest import accel as accel_mod
 from rig.guest import qmp
 from rig.guest.accel import Clock
+from rig.guest.crash import ConsoleWatch
 from rig.guest.qmp import RunState
 from rig.guest.initrd import build_initrd
 from rig.instrument import Instrumenter
@@ -180,11 +181,50 @@ def instrumenter(start: bool = True, gdb_path: str | None = None) -> Iterator[tu
             raise RigError("no guest is running", hint="start one with: invoke boot")
         state, _ = boot_background(prepare())
     config = state.machine_config()
-    with qmp.guest_lock(config.run_dir):
+    with qmp.guest_lock(config.run_dir), watched(state) as watch:
         found = qmp.query_status(config.qmp_socket)
         with instrument.connect(config.gdb_socket, state.kernel, gdb_path=gdb_path) as manager:
             _announce(found, manager)
+            watch.splices = _remember_splices(state, manager)
+            manager.on_change = lambda: setattr(watch, "splices", _remember_splices(state, manager))
             yield state, manager
+
+
+@contextmanager
+def watched(state: GuestState) -> Iterator[ConsoleWatch]:
+    """Run a command with the guest's console watched for an oops, BUG or panic: one fails the
+    command with the crash decoded against vmlinux, the splices that were live, and the console
+    log kept in the crash directory (``invoke status`` shows the last one)."""
+    config = state.machine_config()
+    watch = ConsoleWatch.start(config.console_log, instrument.load_image(state.kernel.vmlinux),
+                               crash_dir=crash_dir(), splices=_remembered_splices(state))
+    with watch.guard():
+        yield watch
+
+
+def crash_dir() -> Path:
+    return paths.cache_dir("crashes")
+
+
+def _splices_file(state: GuestState) -> Path:
+    return Path(state.run_dir) / "splices.json"
+
+
+def _remember_splices(state: GuestState, manager: Instrumenter) -> list[str]:
+    """The live splices, one line each, noted on the host for a crash report: once the guest is
+    dead its memory (the real record) cannot be read."""
+    _, active = manager.active()
+    lines = [f"slot {a.slot}: {a.mode}{' (own vector)' if a.record.vector else ''} at {a.function}+{a.offset:#x}"
+             for a in active]
+    _splices_file(state).write_text(json.dumps(lines))
+    return lines
+
+
+def _remembered_splices(state: GuestState) -> list[str]:
+    try:
+        return [str(line) for line in json.loads(_splices_file(state).read_text())]
+    except (OSError, ValueError):
+        return []
 
 
 def halt() -> GuestState | None:
