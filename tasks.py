@@ -121,7 +121,7 @@ def console_(c, cmd=None):
             try:
                 _ask(machine, line)
             except RigError as error:  # at the prompt: say so and go on
-                console.print(f"[red]{error.message}[/]")
+                console.print(error.message, style="red", markup=False)  # the guest's words, not markup
     finally:
         machine.detach()
 
@@ -268,7 +268,8 @@ def adapt(c, mode="trap", once=False, timeout=None):
     with lifecycle.instrumenter(start=False) as (_, manager):
         done = adapt_mod.watch(follower, ComponentManager(manager), mode=mode_, once=once, timeout=seconds,
                                report=lambda event, step: console.print(component_ui.adaptation_line(event, step)),
-                               skipped=lambda event, error: console.print(component_ui.skipped_line(event, error)))
+                               skipped=lambda event, error: console.print(component_ui.skipped_line(event, error),
+                                                                          markup=False))  # a bad event's own text
     console.print(f"{len(done)} adaptation(s) applied")
 
 
