@@ -29,6 +29,7 @@ from emulator import (CODE_PAGE, DATA, FLAG_AF, FLAG_CF, FLAG_OF, FLAG_PF, FLAG_
 from hypothesis import HealthCheck, Phase, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from unicorn import UC_ERR_INSN_INVALID
 
 from rig.errors import RigError
 from rig.splicer import idt
@@ -36,8 +37,8 @@ from rig.splicer.analysis import FunctionCode, Instruction, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage, PaddingGap
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.plan import OwnVector, SplicePlan, SpliceRefused, plan_splice, undo_writes
-from rig.splicer.repository import (SLOT_RECORD_SIZE, Mode, Policy, RepositoryLayout, SlotRecord, decode_slot,
-                                    install_writes)
+from rig.splicer.repository import (HANDLER_MAX, SLOT_RECORD_SIZE, Mode, Policy, RepositoryLayout, SlotRecord,
+                                    decode_slot, install_writes)
 
 LAYOUT = RepositoryLayout()
 REPOSITORY = ByteRange(LAYOUT.base, LAYOUT.size)
@@ -509,3 +510,18 @@ def test_full_repository_every_slot_dispatches(world: World) -> None:
         rig.unsplice(slot)
     assert rig.machine.read(world.text.address, world.text.size) == world.text.data
     assert rig.machine.idt_bytes() == expected_idt(world, rig)
+
+
+def test_shared_handler_miss_oopses_in_the_handler(world: World) -> None:
+    """An `int $n` on the shared vector whose EIP no entry names (a broken record) must stop loudly in
+    the handler, registers restored, not resume at the window's end and skip the displaced code."""
+    rig = EmulatedRig(world)
+    scratch = 0xC0800000  # zero-filled direct-mapped memory: no splice anywhere near it
+    rig.machine.write(scratch, bytes([0xCD, rig.vector]))
+    state = CpuState(eax=0x1111, ecx=0x2222, esi=0x3333)
+    out = rig.machine.run(scratch, state, [ByteRange(scratch, 2), ByteRange(LAYOUT.handler, HANDLER_MAX)])
+    # #UD (Unicorn reports it as an invalid instruction) at the handler's ud2
+    assert out.stop == "fault" and out.fault in (("vector", 6), ("error", UC_ERR_INSN_INVALID)), out.describe()
+    assert LAYOUT.handler <= out.eip < LAYOUT.handler + HANDLER_MAX
+    assert rig.machine.read(out.eip, 2) == b"\x0f\x0b"
+    assert (out.registers["eax"], out.registers["ecx"], out.registers["esi"]) == (0x1111, 0x2222, 0x3333)

@@ -25,7 +25,7 @@ def test_trap_handler_disassembles_to_the_intended_stub() -> None:
     assert text[1:5] == ["push eax", "push esi", "push ecx", "mov eax, dword ptr [esp + 0xc]"]
     assert text[5:7] == [f"mov esi, {LAYOUT.table:#x}", f"mov ecx, {LAYOUT.slots:#x}"]  # every slot's entry
     assert "mov dword ptr [esp + 0xc], eax" in text  # the saved EIP is replaced
-    assert text[-4:] == ["pop ecx", "pop esi", "pop eax", "iretd"]
+    assert text[-8:] == ["pop ecx", "pop esi", "pop eax", "iretd", "pop ecx", "pop esi", "pop eax", "ud2"]
     # Every branch stays inside the stub.
     for insn in insns:
         if insn.mnemonic.startswith("j"):

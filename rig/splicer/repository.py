@@ -335,15 +335,19 @@ def trap_handler_code(layout: RepositoryLayout) -> bytes:
     EFLAGS. The stub counts the hit, looks the EIP up in the trap table and, when found,
     replaces the saved EIP with the patch address; ``iret`` then resumes there with the
     interrupted EFLAGS (so the flags the stub clobbers do not leak). eax/esi/ecx are saved.
-    Not found (should not happen: a table entry is written before its point): the saved EIP
-    stays, execution resumes after the ``int`` in the int3 filler, which oopses loudly.
+    Not found (cannot happen while the rig's records hold: a table entry is written before its
+    point and released after it): the registers come back and ``ud2`` oopses right here, so the
+    crash names the handler; returning would resume at the window's end and silently skip the
+    displaced instructions (a 2-byte window has no int3 filler to stop it).
     """
-    scan, found, done = 1, 2, 3
+    scan, found, missing = 1, 2, 3
     body = [
         ix.Instruction.create_mem(ix.Code.INC_RM32, ix.MemoryOperand(displ=layout.handler_hits, displ_size=4)),
-        *_lookup(layout, scan, found, done),
-        *_restore(done),
+        *_lookup(layout, scan, found, missing),
+        *_restore(),
         ix.Instruction.create(ix.Code.IRETD),
+        *_restore(missing),
+        ix.Instruction.create(ix.Code.UD2),
     ]
     return _encode(body, layout.handler, INT3_HANDLER_OFFSET - HANDLER_OFFSET, "trap handler")
 
