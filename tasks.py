@@ -18,6 +18,7 @@ from rig.guest import lifecycle
 from rig.kernel import build as kernel_build
 from rig.splicer.repository import Mode
 from rig.ui import console, reports_errors
+from rich.text import Text
 
 cli_args.fix_invoke_parsing()  # `invoke load --help` shows help; `invoke set X -0.5` reaches the range check
 
@@ -87,17 +88,22 @@ def _show_guest(state: lifecycle.GuestState, title: str) -> None:
 @task
 @reports_errors
 def status(c):
-    """Show the running guest, if any."""
+    """Show the running guest, if any, and the last guest crash the rig saw."""
     state = lifecycle.running()
+    crash = lifecycle.last_crash()
     if state is None:
         console.print("no guest is running (start one with: invoke boot)")
+        if crash is not None:
+            console.print(Text(crash.status_line(), style="yellow"))
         return
-    _, machine = lifecycle.attach()
+    _, machine = lifecycle.attach()  # resumes a guest a dead command left stopped, and says so
     try:
         machine.console.request("ping", timeout=5)
     finally:
         machine.detach()
     _show_guest(state, title="guest running, init answers")
+    if crash is not None and crash.at > state.started_at:
+        console.print(Text(crash.status_line(), style="yellow"))
 
 
 @task
@@ -112,18 +118,20 @@ def halt(c):
 @reports_errors
 def console_(c, cmd=None):
     """Talk to the guest's init over its line protocol (`help` lists the commands)."""
-    _, machine = lifecycle.attach()
-    try:
-        if cmd:
-            _ask(machine, cmd)  # one request: a refusal is the task's error (exit status 1)
-            return
-        while line := _prompt():
-            try:
-                _ask(machine, line)
-            except RigError as error:  # at the prompt: say so and go on
-                console.print(error.message, style="red", markup=False)  # the guest's words, not markup
-    finally:
-        machine.detach()
+    state, machine = lifecycle.attach()
+    # An oops or panic on the way fails the task with the crash decoded against vmlinux.
+    with lifecycle.watched(state):
+        try:
+            if cmd:
+                _ask(machine, cmd)  # one request: a refusal is the task's error (exit status 1)
+                return
+            while line := _prompt():
+                try:
+                    _ask(machine, line)
+                except RigError as error:  # at the prompt: say so and go on
+                    console.print(error.message, style="red", markup=False)  # the guest's words, not markup
+        finally:
+            machine.detach()
 
 
 def _ask(machine, line: str) -> None:
@@ -271,6 +279,49 @@ def adapt(c, mode="trap", once=False, timeout=None):
                                skipped=lambda event, error: console.print(component_ui.skipped_line(event, error),
                                                                           markup=False))  # a bad event's own text
     console.print(f"{len(done)} adaptation(s) applied")
+
+
+@task
+@reports_errors
+def audit(c):
+    """Check the guest against vmlinux and the repository's records (text, points, dispatch, IDT, journal)."""
+    with lifecycle.instrumenter(start=False) as (_, manager):
+        problems = manager.audit()
+    for problem in problems:
+        console.print(Text(problem, style="red"))
+    if problems:
+        raise RigError(f"{len(problems)} disagreement(s) between the guest and its records",
+                       hint="a change made behind the rig's back; reboot the guest (invoke halt; invoke boot)")
+    console.print("consistent: kernel text equals vmlinux outside live splices, whose points, dispatch and "
+                  "records agree; no change half-done")
+
+
+@task(help={"operation": "splice | unsplice | install | load: the operation whose writes are cut in turn",
+            "func": "the function to splice (operation splice; default tcp_sync_mss)",
+            "offset": "offset of the point in the function (operation splice)",
+            "mode": "trap | jmp | int3 (splice; and which of the four live splices to undo for unsplice)",
+            "dispatch": "table | vector (trap mode)",
+            "component": "the component to load (operation load; default mss_adapt)"})
+@reports_errors
+def faults(c, operation="splice", func="tcp_sync_mss", offset=None, mode="trap", dispatch="table",
+           component="mss_adapt"):
+    """Kill gdb after each write of an operation in turn; the next command must repair what it left.
+
+    Runs on guests of its own (the background guest is not touched). After each death the next command
+    must find the half-made change, finish it forward or back, and leave the guest consistent
+    (invoke audit's checks) and answering."""
+    from rig import faults as faults_mod
+
+    args = cli_args.splice_args(offset, None, mode, "auto", None, None, dispatch)
+    scenario = faults_mod.scenario(operation, func, args.mode, args.own_vector, args.offset, component)
+    prepared = _prepare(None, "tcg", None)
+    with console.status(f"cutting '{scenario.name}' at each write…") as status:
+        run = faults_mod.run_on_private_guests(scenario, prepared, on_injection=lambda injection: status.update(
+            f"cutting '{scenario.name}': write {injection.after_writes} done"))
+    console.print(ui.faults_table(run))
+    if run.lost or run.guest_deaths:
+        raise RigError(f"{run.lost} interrupted change(s) not repaired, {run.guest_deaths} guest death(s)",
+                       hint="the journal or the audit found a state the rig cannot explain: a bug; please report it")
 
 
 @task(help={"table1": "run Table 1 (guest rdtsc: splices, floors, splice latency)",

@@ -40,6 +40,7 @@ class Injection:
     found_status: str | None       # QMP status the next command found ("debug": left stopped)
     repair: str | None             # what the next command found and did (None: no journal open)
     direction: str | None          # "forward", "back" (None: nothing to repair)
+    rewritten: tuple[str, ...]     # roles of the writes the repair had to write again
     problems: tuple[str, ...]      # the audit after the repair; () = consistent
     alive: bool                    # init answered after the repair
 
@@ -127,7 +128,7 @@ def _next_command(machine: QemuMachine, kernel: KernelBuild, k: int, cut: bool) 
     except RigError:
         alive = False
     return Injection(k, cut, found.status if found else None, repair.summary() if repair else None,
-                     repair.direction.value if repair else None, problems, alive)
+                     repair.direction.value if repair else None, repair.differing if repair else (), problems, alive)
 
 
 # ---- the operations users cut ------------------------------------------------------------------
@@ -207,3 +208,25 @@ def run_on_private_guests(scenario: Scenario, prepared: PreparedGuest,
         return inject_each_write(machine, prepared.kernel, scenario.name, scenario.operation, setup=scenario.setup,
                                  fresh_guest=fresh if scenario.needs_fresh_guest else None,
                                  on_injection=on_injection)
+
+
+OPERATIONS = ("splice", "unsplice", "install", "load")
+
+
+def scenario(operation: str, function: str, mode: Mode, own_vector: bool, offset: int | None,
+             component: str) -> Scenario:
+    """The scenario ``invoke faults`` names: its --operation with the splice options."""
+    if operation == "splice":
+        return splice_scenario(function, mode, own_vector, offset)
+    if operation == "unsplice":
+        for index, (_, live_mode, live_own, _) in enumerate(LIVE_SET):
+            if live_mode is mode and live_own == own_vector:
+                return unsplice_scenario(index)
+        raise RigError(f"no live splice of --mode {mode.name.lower()} to undo",
+                       "unsplice runs with a jmp, a trap, an int3 and an own-vector trap splice live; pick one "
+                       "with --mode trap|jmp|int3 (and --dispatch vector)")
+    if operation == "install":
+        return install_scenario()
+    if operation == "load":
+        return component_load_scenario(component)
+    raise RigError(f"unknown --operation '{operation}'", f"one of: {' | '.join(OPERATIONS)}")

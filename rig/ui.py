@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -16,6 +18,7 @@ from rig.errors import RigError
 from rig.kernel.build import STEPS
 
 if TYPE_CHECKING:
+    from rig.faults import FaultRun
     from rig.instrument import ActiveSplice, SpliceResult
     from rig.splicer.repository import Header
 
@@ -29,6 +32,7 @@ def reports_errors(task: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(task)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        show_notices()
         try:
             return task(*args, **kwargs)
         except RigError as error:
@@ -38,6 +42,24 @@ def reports_errors(task: Callable[P, R]) -> Callable[P, R]:
             raise Exit(code=1) from None
 
     return wrapper
+
+
+class _Notices(logging.Handler):
+    """The rig's log records on the terminal: warnings are what a command found and did on its own
+    (a guest left stopped, an interrupted change repaired), said in yellow; debug lines (QEMU
+    command lines, gdb traffic) only with TRAPSPLICE_VERBOSE=1."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        style = "yellow" if record.levelno >= logging.WARNING else "dim"
+        console.print(Text(f"{record.levelname.lower()}: {record.getMessage()}", style=style))
+
+
+def show_notices() -> None:
+    logger = logging.getLogger("rig")
+    if not any(isinstance(handler, _Notices) for handler in logger.handlers):
+        logger.addHandler(_Notices())
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if os.environ.get("TRAPSPLICE_VERBOSE") else logging.WARNING)
 
 
 @contextmanager
@@ -110,4 +132,21 @@ def splices_table(header: "Header | None", active: "list[ActiveSplice]", handler
         table.add_row(str(splice.slot), f"{splice.function}+{splice.offset:#x}", f"{splice.record.point:#010x}",
                       splice.mode + (f" (own vector {splice.record.vector:#x})" if splice.record.vector else ""),
                       str(splice.record.window_length), str(splice.record.hops), str(splice.hits))
+    return table
+
+
+def faults_table(run: "FaultRun") -> Table:
+    """One row per injected gdb death: where it struck, what the next command found and did."""
+    table = Table(title=f"faults: {run.operation}", title_justify="left")
+    for column in ("gdb died after write", "guest found", "next command", "rewrote", "audit", "init"):
+        table.add_column(column, overflow="fold")
+    repairs = {"forward": "finished it", "back": "rolled it back", "lost": "could not repair", None: "nothing to do"}
+    for injection in run.injections:
+        died = str(injection.after_writes) if injection.cut else f"none ({injection.after_writes - 1} writes done)"
+        table.add_row(died, injection.found_status or "no QMP", repairs[injection.direction],
+                      ", ".join(injection.rewritten) or "-",
+                      "consistent" if not injection.problems else Text("; ".join(injection.problems), style="red"),
+                      "answers" if injection.alive else Text("dead", style="red"))
+    table.caption = (f"{run.writes} writes cut in turn; torn states found {run.torn}, repaired {run.repaired}, "
+                     f"lost {run.lost}, guest deaths {run.guest_deaths}")
     return table

@@ -21,7 +21,8 @@ from rig.errors import RigError
 from rig.guest import accel as accel_mod
 from rig.guest import qmp
 from rig.guest.accel import Clock
-from rig.guest.crash import ConsoleWatch
+from rig.guest import crash
+from rig.guest.crash import ConsoleWatch, CrashRecord
 from rig.guest.qmp import RunState
 from rig.guest.initrd import build_initrd
 from rig.instrument import Instrumenter
@@ -204,6 +205,11 @@ def watched(state: GuestState) -> Iterator[ConsoleWatch]:
 
 def crash_dir() -> Path:
     return paths.cache_dir("crashes")
+
+
+def last_crash() -> CrashRecord | None:
+    """The last guest crash a command saw (its decoded summary and the kept console log)."""
+    return crash.last_crash(crash_dir())
 
 
 def _splices_file(state: GuestState) -> Path:
