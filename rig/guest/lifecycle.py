@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rig import instrument, paths
 from rig.errors import RigError
+from rig.gdb.mi import GdbDied
 from rig.guest import accel as accel_mod
 from rig.guest import qmp
 from rig.guest.accel import Clock
@@ -184,11 +185,16 @@ def instrumenter(start: bool = True, gdb_path: str | None = None) -> Iterator[tu
     config = state.machine_config()
     with qmp.guest_lock(config.run_dir), watched(state) as watch:
         found = qmp.query_status(config.qmp_socket)
-        with instrument.connect(config.gdb_socket, state.kernel, gdb_path=gdb_path) as manager:
-            _announce(found, manager)
-            watch.splices = _remember_splices(state, manager)
-            manager.on_change = lambda: setattr(watch, "splices", _remember_splices(state, manager))
-            yield state, manager
+        try:
+            with instrument.connect(config.gdb_socket, state.kernel, gdb_path=gdb_path) as manager:
+                _announce(found, manager)
+                watch.splices = _remember_splices(state, manager)
+                manager.on_change = lambda: setattr(watch, "splices", _remember_splices(state, manager))
+                yield state, manager
+        except GdbDied as died:
+            raise GdbDied(died.message, hint="the guest may be left stopped in the middle of a change: the next "
+                                             "invoke command repairs it from the guest's journal and lets it run "
+                                             "(invoke status)") from died
 
 
 @contextmanager
