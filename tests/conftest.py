@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rig.component_manager import ComponentManager
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.guest.machine import QemuMachine
@@ -68,3 +69,15 @@ def instrumenter(guest: QemuMachine, kernel: kernel_build.KernelBuild) -> Iterat
     """gdb attached to the shared guest (its stub takes one gdb at a time), guest left running."""
     with connect(guest.config.gdb_socket, kernel) as manager:
         yield manager
+
+
+@pytest.fixture
+def components(instrumenter: Instrumenter) -> Iterator[ComponentManager]:
+    """A component manager on the shared guest (its one gdb); whatever a test spliced or loaded is undone after."""
+    manager = ComponentManager(instrumenter)
+    try:
+        yield manager
+    finally:
+        manager.inst.unsplice_all()
+        for component in manager.loaded():
+            manager.unload(component.name)

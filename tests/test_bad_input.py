@@ -151,17 +151,6 @@ def test_adapt_reports_and_skips_bad_events(kernel: KernelBuild, tmp_path: Path)
                     once=True, timeout=0.3)
 
 
-@pytest.fixture
-def components(instrumenter: Instrumenter) -> Iterator[adapt.ComponentManager]:
-    manager = adapt.ComponentManager(instrumenter)
-    try:
-        yield manager
-    finally:
-        manager.inst.unsplice_all()
-        for component in manager.loaded():
-            manager.unload(component.name)
-
-
 def test_adapt_skips_a_bad_announcement_and_applies_the_next(guest: QemuMachine,
                                                              components: adapt.ComponentManager) -> None:
     """On the real guest: init announces any decimal fraction, so fer=2 reaches the watcher."""

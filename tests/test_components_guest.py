@@ -2,7 +2,6 @@
 a wrap, live parameters, the environment-change trigger, load/unload and the refusals."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 from rig import adapt
 from rig.component_manager import CompileFailed, ComponentManager, compile_component
 from rig.guest.machine import QemuMachine
-from rig.instrument import Instrumenter
 from rig.kernel.build import KernelBuild
 from rig.splicer import component_table as ctab
 from rig.splicer.component import ComponentObject, ComponentRefused, link
@@ -36,18 +34,6 @@ def adapted_mss(base: int, fer_ppm: int, frame: int = 256, target: int = 900_000
             survival, n = survival_next, n + 1
         n = n or 1
     return base if n >= need else n * frame - 40
-
-
-@pytest.fixture
-def components(instrumenter: Instrumenter) -> Iterator[ComponentManager]:
-    """A component manager on the shared guest (its one gdb); whatever a test spliced or loaded is undone after."""
-    manager = ComponentManager(instrumenter)
-    try:
-        yield manager
-    finally:
-        manager.inst.unsplice_all()
-        for component in manager.loaded():
-            manager.unload(component.name)
 
 
 def tcp_mss(guest: QemuMachine) -> tuple[int, int]:

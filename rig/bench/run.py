@@ -7,8 +7,6 @@ function of the kernel build and is cached per build id.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -20,7 +18,7 @@ from rig import instrument, paths
 from rig.bench import fig4, fig5, hops, latency, report, table1
 from rig.errors import RigError
 from rig.guest import lifecycle
-from rig.guest.machine import QemuMachine
+from rig.guest.crash import ConsoleWatch
 from rig.kernel.build import KernelBuild, ensure_kernel
 
 DEFAULT_N = 10_000
@@ -118,19 +116,19 @@ def clocks(options: BenchOptions) -> list[lifecycle.PreparedGuest]:
 def measure_guest(prepared: lifecycle.PreparedGuest, options: BenchOptions, with_latency: bool,
                   note: Note) -> dict[str, Any]:
     clock = prepared.clock
-    run_dir = Path(tempfile.mkdtemp(prefix="ts-"))  # short: unix socket paths < 108 bytes
-    try:
-        with QemuMachine(prepared.config(run_dir)) as machine:
-            note(clock.name, "booting")
-            boot = machine.launch()
-            with instrument.connect(machine.config.gdb_socket, prepared.kernel) as instr:
-                result = table1.measure(machine, instr, options.n, options.runs, counter=options.counter_rows,
-                                        progress=lambda detail: note(clock.name, detail))
-                if with_latency and options.latency_cycles:
-                    result["latency"] = latency.measure(instr, options.latency_cycles,
-                                                        progress=lambda detail: note(clock.name, detail))
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    note(clock.name, "booting")
+    with lifecycle.private_guest(prepared) as machine:
+        boot = machine.boot
+        assert boot is not None
+        # A guest that oopses under measurement fails the bench with the crash decoded, not a timeout.
+        watch = ConsoleWatch.start(machine.config.console_log, instrument.load_image(prepared.kernel.vmlinux),
+                                   crash_dir=lifecycle.crash_dir())
+        with watch.guard(), instrument.connect(machine.config.gdb_socket, prepared.kernel) as instr:
+            result = table1.measure(machine, instr, options.n, options.runs, counter=options.counter_rows,
+                                    progress=lambda detail: note(clock.name, detail))
+            if with_latency and options.latency_cycles:
+                result["latency"] = latency.measure(instr, options.latency_cycles,
+                                                    progress=lambda detail: note(clock.name, detail))
     unit = 2 ** clock.icount_shift if clock.icount_shift is not None else 1
     result.update({"clock": clock.name, "accelerator": clock.accel, "clock_meaning": clock.meaning,
                    "accel_reason": prepared.accel_reason, "deterministic": clock.deterministic,
