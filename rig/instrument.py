@@ -88,7 +88,7 @@ class UnspliceResult:
 @dataclass(frozen=True)
 class _BusyReads:
     registers: Pending[dict[str, int]]
-    heads: dict[int, tuple[Pending[bytes], Pending[bytes]]]   # task -> (next_task, thread.esp) now
+    heads: dict[int, Pending[bytes]]                          # task -> its bytes from next_task to thread.esp
     stacks: dict[int, tuple[int, Pending[bytes]]]             # task -> (from, its stack from there up)
 
 
@@ -228,8 +228,9 @@ class Instrumenter:
         """Queue what the busy check needs: the vCPU's registers, every known task's list link and
         saved esp as they are now, and their stacks from where the prep stop saw them."""
         lay, size = self.tasks_layout, self.tasks_layout.stack_size
-        heads = {task: (batch.read(task + lay.next_task, 4), batch.read(task + lay.thread_esp, 4))
-                 for task, _ in tasks}
+        # One read a task covers both fields (72 and 632 bytes in on 2.4.20): a command is what costs.
+        low, high = min(lay.next_task, lay.thread_esp), max(lay.next_task, lay.thread_esp) + 4
+        heads = {task: batch.read(task + low, high - low) for task, _ in tasks}
         stacks = {task: (esp & ~3, batch.read(esp & ~3, task + size - (esp & ~3)))
                   for task, esp in tasks if task < esp < task + size}
         return _BusyReads(batch.registers(["eip", "esp", "cs"]), heads, stacks)
@@ -237,7 +238,10 @@ class Instrumenter:
     def _tasks_now(self, reads: _BusyReads) -> list[tuple[int, int]]:
         """The task list as it is in this stop: from the links read in it, or walked again when
         a task was forked since the prep stop (its link leads to a task not read)."""
-        now = {task: (_u32(nxt.value), _u32(esp.value)) for task, (nxt, esp) in reads.heads.items()}
+        lay = self.tasks_layout
+        low = min(lay.next_task, lay.thread_esp)
+        now = {task: (_u32(head.value[lay.next_task - low:][:4]), _u32(head.value[lay.thread_esp - low:][:4]))
+               for task, head in reads.heads.items()}
         init = self.image.symbol("init_task_union").address
         order, task = [], init
         while task in now and len(order) <= len(now):
