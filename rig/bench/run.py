@@ -6,6 +6,7 @@ function of the kernel build and is cached per build id.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -78,8 +79,14 @@ def static_analysis(kernel_root: str, want_fig4: bool, want_hops: bool) -> dict[
     return out
 
 
+def _planner_digest() -> str:
+    """The pure splicer's source: the census is the planner's verdict, so a changed planner recounts."""
+    sources = sorted((Path(__file__).parent.parent / "splicer").glob("*.py"))
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
+
+
 def hop_census_cached(kernel: KernelBuild) -> dict[str, Any]:
-    cache = paths.cache_dir("bench") / f"hops-{kernel.build_id}.json"
+    cache = paths.cache_dir("bench") / f"hops-{kernel.build_id}-{_planner_digest()}.json"
     if cache.is_file():
         data = json.loads(cache.read_text())
         data["cached"] = True
