@@ -10,9 +10,9 @@ from pathlib import Path
 from invoke import task
 
 from rig import adapt as adapt_mod
-from rig import cli_args, component_ui, preflight, ui
-from rig.component_manager import ComponentManager
-from rig.component_manager import source_path as component_source
+from rig import cli_args, component_ui, preflight, session, ui
+from rig.instrument.components import ComponentManager
+from rig.instrument.components import source_path as component_source
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.kernel import build as kernel_build
@@ -90,13 +90,13 @@ def _show_guest(state: lifecycle.GuestState, title: str) -> None:
 def status(c):
     """Show the running guest, if any, and the last guest crash the rig saw."""
     state = lifecycle.running()
-    crash = lifecycle.last_crash()
+    crash = session.last_crash()
     if state is None:
         console.print("no guest is running (start one with: invoke boot)")
         if crash is not None:
             console.print(Text(crash.status_line(), style="yellow"))
         return
-    _, machine = lifecycle.attach()  # resumes a guest a dead command left stopped, and says so
+    _, machine = session.console()  # resumes a guest a dead command left stopped, and says so
     try:
         machine.console.request("ping", timeout=5)
     finally:
@@ -118,9 +118,9 @@ def halt(c):
 @reports_errors
 def console_(c, cmd=None):
     """Talk to the guest's init over its line protocol (`help` lists the commands)."""
-    state, machine = lifecycle.attach()
+    state, machine = session.console()
     # An oops or panic on the way fails the task with the crash decoded against vmlinux.
-    with lifecycle.watched(state):
+    with session.watched(state):
         try:
             if cmd:
                 _ask(machine, cmd)  # one request: a refusal is the task's error (exit status 1)
@@ -167,7 +167,7 @@ def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe=No
     if component:
         component_source(component)  # a typo is refused before a guest is booted for it
     preflight.check_function(func, args.address)
-    with lifecycle.instrumenter() as (_, manager):
+    with session.instrumenter() as (_, manager):
         if component:
             loaded, result = ComponentManager(manager).splice(func, component, mode=args.mode, policy=args.policy,
                                                               offset=args.offset)
@@ -189,7 +189,7 @@ def unsplice(c, id):
     everything = id.lower() == "all"
     if not everything and not id.isdigit():
         raise RigError(f"'{id}' is not a splice id", hint="invoke unsplice ID (see invoke splices) or invoke unsplice all")
-    with lifecycle.instrumenter(start=False) as (_, manager):
+    with session.instrumenter(start=False) as (_, manager):
         done = manager.unsplice_all() if everything else [manager.unsplice(int(id))]
     for result in done:
         console.print(f"unspliced {result.slot}: {result.function} at {result.point:#010x} "
@@ -203,7 +203,7 @@ def unsplice(c, id):
 @reports_errors
 def splices(c):
     """List active splices with their hit counters, read live from the guest."""
-    with lifecycle.instrumenter(start=False) as (_, manager):
+    with session.instrumenter(start=False) as (_, manager):
         header, active = manager.active()
         hits = manager.handler_hits() if header else None
     console.print(ui.splices_table(header, active, hits))
@@ -214,7 +214,7 @@ def splices(c):
 def load(c, name):
     """Compile (cached) and load a component into the repository, without splicing it."""
     component_source(name)  # a typo is refused before a guest is booted for it
-    with lifecycle.instrumenter() as (_, manager):
+    with session.instrumenter() as (_, manager):
         loaded = ComponentManager(manager).load(name)
     console.print(f"component {loaded.name}: {loaded.entry.size} bytes at {loaded.entry.base:#010x}")
 
@@ -223,7 +223,7 @@ def load(c, name):
 @reports_errors
 def components(c):
     """List loaded components: where, their hooks, which splices use them, their data (live)."""
-    with lifecycle.instrumenter(start=False) as (_, manager):
+    with session.instrumenter(start=False) as (_, manager):
         components_ = ComponentManager(manager)
         loaded = components_.loaded()
         data = {component.name: components_.data(component) for component in loaded}
@@ -238,7 +238,7 @@ def set_(c, param, value):
     """Set a component parameter live (scaled to the guest's integer, e.g. fer 0.05 -> 50000 ppm)."""
     cli_args.component_variable(param)
     cli_args.finite_number(value, param.partition(".")[2])  # worded as parse_value words its range check
-    with lifecycle.instrumenter(start=False) as (_, manager):
+    with session.instrumenter(start=False) as (_, manager):
         done = ComponentManager(manager).set(param, value)
     console.print(component_ui.param_line(done))
 
@@ -248,7 +248,7 @@ def set_(c, param, value):
 def get(c, name):
     """Read a component's 32-bit variable live."""
     cli_args.component_variable(name)
-    with lifecycle.instrumenter(start=False) as (_, manager):
+    with session.instrumenter(start=False) as (_, manager):
         console.print(f"{name} = {ComponentManager(manager).get(name)}")
 
 
@@ -256,7 +256,7 @@ def get(c, name):
 @reports_errors
 def unload(c, name):
     """Unload a component (refused while a splice still goes to it)."""
-    with lifecycle.instrumenter(start=False) as (_, manager):
+    with session.instrumenter(start=False) as (_, manager):
         entry = ComponentManager(manager).unload(name)
     console.print(f"unloaded {entry.name} ({entry.size} bytes at {entry.base:#010x}, now int3-filled)")
 
@@ -273,7 +273,7 @@ def adapt(c, mode="trap", once=False, timeout=None):
         raise RigError("no guest is running", hint="start one with: invoke boot")
     follower = adapt_mod.ConsoleLogFollower(state.machine_config().console_log)
     console.print("watching the guest for '@event netenv' (announce one: invoke console --cmd 'netenv fer=0.05')")
-    with lifecycle.instrumenter(start=False) as (_, manager):
+    with session.instrumenter(start=False) as (_, manager):
         done = adapt_mod.watch(follower, ComponentManager(manager), mode=mode_, once=once, timeout=seconds,
                                report=lambda event, step: console.print(component_ui.adaptation_line(event, step)),
                                skipped=lambda event, error: console.print(component_ui.skipped_line(event, error),
@@ -285,7 +285,7 @@ def adapt(c, mode="trap", once=False, timeout=None):
 @reports_errors
 def audit(c):
     """Check the guest against vmlinux and the repository's records (text, points, dispatch, IDT, journal)."""
-    with lifecycle.instrumenter(start=False) as (_, manager):
+    with session.instrumenter(start=False) as (_, manager):
         problems = manager.audit()
     for problem in problems:
         console.print(Text(problem, style="red"))
@@ -310,7 +310,7 @@ def faults(c, operation="splice", func="tcp_sync_mss", offset=None, mode="trap",
     Runs on guests of its own (the background guest is not touched). After each death the next command
     must find the half-made change, finish it forward or back, and leave the guest consistent
     (invoke audit's checks) and answering."""
-    from rig import faults as faults_mod
+    from rig.instrument import faults as faults_mod
 
     args = cli_args.splice_args(offset, None, mode, "auto", None, None, dispatch)
     scenario = faults_mod.scenario(operation, func, args.mode, args.own_vector, args.offset, component)

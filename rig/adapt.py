@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rig.component_manager import ComponentManager, ParamSet, compile_component, parse_value, source_path
+from rig.instrument.components import ComponentManager, ParamSet, compile_component, parse_value, source_path
 from rig.errors import RigError
 from rig.guest.protocol import Event, parse_line
 from rig.splicer.component import ComponentObject, Param

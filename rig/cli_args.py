@@ -112,7 +112,7 @@ def seconds(text: str | None, option: str) -> float | None:
 
 def finite_number(text: str, what: str) -> Decimal:
     """A decimal number (no nan, no inf); whether it fits the parameter is checked where that is
-    known (the loaded component's declaration, rig.component_manager.parse_value)."""
+    known (the loaded component's declaration, rig.instrument.components.parse_value)."""
     how = "give a decimal number such as 0.05"
     try:
         value = Decimal(text)

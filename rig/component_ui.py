@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from rig.adapt import COMPONENT, FUNCTION, Adaptation
-from rig.component_manager import LoadedComponent, ParamSet
+from rig.instrument.components import LoadedComponent, ParamSet
 from rig.errors import RigError
 from rig.guest.protocol import Event
 

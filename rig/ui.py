@@ -18,7 +18,7 @@ from rig.errors import RigError
 from rig.kernel.build import STEPS
 
 if TYPE_CHECKING:
-    from rig.faults import FaultRun
+    from rig.instrument.faults import FaultRun
     from rig.instrument import ActiveSplice, SpliceResult
     from rig.splicer.repository import Header
 

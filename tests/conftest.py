@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.component_manager import ComponentManager
+from rig.instrument.components import ComponentManager
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.guest.machine import QemuMachine

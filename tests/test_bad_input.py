@@ -19,7 +19,7 @@ from rig import adapt, paths, preflight
 from rig.bench import fig4, render, report
 from rig.bench.provenance import Provenance
 from rig.bench.run import hop_census_cached
-from rig.component_manager import compile_component, parse_value, source_path
+from rig.instrument.components import compile_component, parse_value, source_path
 from rig.errors import Refused, RigError
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter

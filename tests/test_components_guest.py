@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rig import adapt
-from rig.component_manager import CompileFailed, ComponentManager, compile_component
+from rig.instrument.components import CompileFailed, ComponentManager, compile_component
 from rig.guest.machine import QemuMachine
 from rig.kernel.build import KernelBuild
 from rig.splicer import component_table as ctab

@@ -9,7 +9,7 @@ the patch's hit counter must count every entry of the point. A fault counts as e
 only when both runs fault on the same access with the same registers.
 
 The state machine splices and unsplices in random order with every mode and dispatch, doing
-the I/O exactly as rig/instrument.py does (slots lowest-free-first, live records read back from
+the I/O exactly as rig/instrument/manager.py does (slots lowest-free-first, live records read back from
 the repository, vector-3 re-pointing for int3, gates given back on undo), and after every step
 executes every live splice, checks the kernel text and IDT, and that int3s that are not the
 rig's (kernel or user mode) still reach the kernel's own ``int3`` entry.
@@ -36,6 +36,7 @@ from rig.splicer import idt
 from rig.splicer.analysis import FunctionCode, Instruction, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage, PaddingGap
 from rig.splicer.memory import MemoryWrite
+from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import OwnVector, SplicePlan, SpliceRefused, plan_splice, undo_writes
 from rig.splicer.repository import (HANDLER_MAX, SLOT_RECORD_SIZE, Mode, Policy, RepositoryLayout, SlotRecord,
                                     decode_slot, install_writes)
@@ -85,7 +86,7 @@ class World:
     def __init__(self, image: KernelImage) -> None:
         self.image = image
         self.codes = {name: disassemble_function(image, name) for name in FUNCTIONS}
-        self.gaps: list[PaddingGap] = image.padding_gaps()
+        self.gaps: list[PaddingGap] = padding_gaps(image)
         self.pristine = Machine(image, LAYOUT)
         self.text = image.section(".text")
         self.idt = kernel_idt(image)
@@ -115,7 +116,7 @@ class Live:
 
 
 class EmulatedRig:
-    """What rig/instrument.py's Instrumenter does to the guest, done to a Machine."""
+    """What rig/instrument/manager.py's Instrumenter does to the guest, done to a Machine."""
 
     def __init__(self, world: World) -> None:
         self.world = world

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import private_run_dir
-from rig import faults
+from rig.instrument import faults
 from rig.guest import lifecycle
 from rig.guest.machine import QemuMachine
 from rig.kernel.build import KernelBuild

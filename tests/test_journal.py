@@ -8,6 +8,7 @@ from rig.splicer import idt, journal
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
 from rig.splicer.memory import MemoryWrite
+from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import SplicePlan, plan_splice
 from rig.splicer.repository import Mode, Policy, RepositoryLayout, install_writes
 
@@ -42,7 +43,7 @@ class Memory:
 
 
 def plans(image: KernelImage) -> list[SplicePlan]:
-    gaps = image.padding_gaps()
+    gaps = padding_gaps(image)
     out = []
     for function, mode, policy in [("sys_getpid", Mode.TRAP, Policy.SINGLE), ("tcp_sync_mss", Mode.INT3, Policy.SINGLE),
                                    ("tcp_sync_mss", Mode.JMP, Policy.DISPLACE), ("sys_getpid", Mode.JMP, Policy.SINGLE)]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import private_run_dir
-from rig import tools
+from rig import session, tools
 from rig.errors import RigError
 from rig.gdb import dying
 from rig.guest import lifecycle, qmp
@@ -32,17 +32,17 @@ def background(prepared: lifecycle.PreparedGuest, monkeypatch: pytest.MonkeyPatc
 
 def test_next_command_resumes_and_repairs_a_guest_a_dead_command_left_stopped(
         background: lifecycle.GuestState, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with lifecycle.instrumenter(start=False) as (_, manager):
+    with session.instrumenter(start=False) as (_, manager):
         manager.prep(install=True)  # the repository first, so the cut lands in the splice
     dies = dying.launcher(tmp_path, 5, tools.require("gdb"))  # journal, header, patch, table entry, slot record
     with pytest.raises(RigError):
-        with lifecycle.instrumenter(start=False, gdb_path=str(dies)) as (_, manager):
+        with session.instrumenter(start=False, gdb_path=str(dies)) as (_, manager):
             manager.splice("tcp_sync_mss", mode=Mode.TRAP)
     config = background.machine_config()
     left = qmp.query_status(config.qmp_socket)
     assert left is not None and not left.running  # nobody attached, the guest held stopped
     caplog.set_level(logging.WARNING, logger="rig")
-    _, machine = lifecycle.attach()  # what `invoke console` does first
+    _, machine = session.console()  # what `invoke console` does first
     try:
         assert machine.console.request("ping", timeout=15).str_field("pong") == "1"
     finally:
@@ -50,13 +50,13 @@ def test_next_command_resumes_and_repairs_a_guest_a_dead_command_left_stopped(
     said = " ".join(record.getMessage() for record in caplog.records)
     assert f"QMP status '{left.status}'" in said and "resumed" in said
     assert "interrupted 'splice" in said and "rolled it back" in said
-    with lifecycle.instrumenter(start=False) as (_, manager):
+    with session.instrumenter(start=False) as (_, manager):
         assert manager.repair is None and manager.audit() == [] and manager.active()[1] == []
 
 
 def test_a_crash_fails_the_command_with_the_oops_decoded_and_the_log_kept(background: lifecycle.GuestState) -> None:
     with pytest.raises(GuestCrashed) as crashed:
-        with lifecycle.instrumenter(start=False) as (state, manager):
+        with session.instrumenter(start=False) as (state, manager):
             spliced = manager.splice("sys_getpid", mode=Mode.TRAP)
             with manager.gdb.stopped():  # a patch gone bad: ud2 where its displaced code starts
                 manager.gdb.write_memory(spliced.plan.patch_address + 8, b"\x0f\x0b")
@@ -65,6 +65,6 @@ def test_a_crash_fails_the_command_with_the_oops_decoded_and_the_log_kept(backgr
     error = crashed.value
     assert "patch area of slot 0" in str(error) and "Attempted to kill init" in str(error)
     assert any("trap at sys_getpid+0x0" in line for line in error.splices)
-    record = last_crash(lifecycle.crash_dir())
+    record = last_crash(session.crash_dir())
     assert record is not None and Path(record.log).exists()
     assert lifecycle.running() is None  # panic=1 and -no-reboot: QEMU is gone

@@ -9,6 +9,7 @@ from rig.errors import RigError
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter
 from rig.splicer.analysis import FunctionCode, Instruction, disassemble_function
+from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import SpliceRefused, plan_splice
 from rig.splicer.repository import Mode, Policy
 
@@ -64,7 +65,7 @@ def test_short_instruction_single_jmp_uses_springboards(clean: Instrumenter, gue
     assert len(plan.springboards) >= 1 and plan.hops == len(plan.springboards) + 1
     assert plan.new_bytes[0] == 0xEB  # jmp rel8 into the chain
     for board in plan.springboards:
-        assert any(gap.start <= board.address < gap.end for gap in image.padding_gaps())
+        assert any(gap.start <= board.address < gap.end for gap in padding_gaps(image))
     guest.console.request("tcp-mss", timeout=30)
     assert clean.counter(plan.slot) > 0
     assert bench_getpid(guest, 100)["n"] == 100
@@ -119,7 +120,7 @@ def _first_plan_refusal(manager: Instrumenter, reason: str, mode: Mode, policy: 
         for insn in filter(lambda i: _may_refuse(code, i, reason), code.instructions):
             try:
                 plan_splice(code, insn.address, mode, policy, manager.layout, 0, vector=0x81,
-                            springboard_space=manager.image.padding_gaps())
+                            springboard_space=padding_gaps(manager.image))
             except SpliceRefused as refused:
                 if refused.reason == reason:
                     return name, insn.address
@@ -196,7 +197,7 @@ def test_busy_point_is_refused_and_nothing_written(clean: Instrumenter) -> None:
         name = image.function_at(address).name
         try:
             plan_splice(disassemble_function(image, name), address, Mode.JMP, Policy.DISPLACE, clean.layout, 0,
-                        springboard_space=image.padding_gaps())
+                        springboard_space=padding_gaps(image))
         except SpliceRefused:
             continue
         before = image.text_bytes(address, 8)
@@ -212,11 +213,11 @@ def test_busy_point_is_refused_and_nothing_written(clean: Instrumenter) -> None:
 
 def test_no_guest_running_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import private_run_dir
-    from rig.guest import lifecycle
+    from rig import session
 
     monkeypatch.setenv("TRAPSPLICE_CACHE", str(private_run_dir()))  # a cache where no guest was ever booted
     with pytest.raises(RigError, match="no guest is running") as error:
-        with lifecycle.instrumenter(start=False):
+        with session.instrumenter(start=False):
             pass
     assert "invoke boot" in (error.value.hint or "")
 

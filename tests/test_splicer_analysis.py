@@ -9,7 +9,7 @@ import pytest
 from rig.errors import RigError
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
-from rig.splicer.padding import is_padding
+from rig.splicer.padding import is_padding, padding_gaps
 from ccode import snippet_object  # noqa: F401  (fixture)
 
 _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
@@ -59,7 +59,7 @@ def test_indirect_tail_call_is_flagged(image: KernelImage) -> None:
 
 
 def test_padding_gaps_are_filler_between_functions(image: KernelImage) -> None:
-    gaps = image.padding_gaps()
+    gaps = padding_gaps(image)
     assert gaps, "-falign-functions=16 leaves padding"
     functions = image.functions_in(".text")
     for gap in gaps:

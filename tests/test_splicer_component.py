@@ -12,6 +12,7 @@ from rig.splicer import component_table as ctab
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.component import ComponentObject, ComponentRefused, layout_size, link
 from rig.splicer.image import KernelImage
+from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import PatchKind, SpliceRefused, plan_splice
 from rig.splicer.repository import Mode, Policy, RepositoryLayout
 from ccode import compile_c, snippet_object  # noqa: F401  (fixture)
@@ -160,13 +161,13 @@ def test_replace_and_wrap_patches(snippet_object: Path) -> None:  # noqa: F811
     layout, target = RepositoryLayout(), BASE + 0x40
     for mode in (Mode.TRAP, Mode.JMP):
         replace = plan_splice(code, code.start, mode, Policy.DISPLACE, layout, 0, PatchKind.REPLACE, vector=0x81,
-                              springboard_space=image.padding_gaps(), call_target=target)
+                              springboard_space=padding_gaps(image), call_target=target)
         patch = list(ix.Decoder(32, replace.patch_code, ip=replace.patch_address))
         assert patch[-1].is_jmp_near and patch[-1].near_branch_target == target, "replace ends in the component"
         assert not any(i.near_branch_target == replace.window.end for i in patch if i.is_jmp_near), "no way back"
         assert replace.counter_address is not None
         wrap = plan_splice(code, code.start, mode, Policy.DISPLACE, layout, 0, PatchKind.WRAP, vector=0x81,
-                           springboard_space=image.padding_gaps(), call_target=target)
+                           springboard_space=padding_gaps(image), call_target=target)
         patch = list(ix.Decoder(32, wrap.patch_code, ip=wrap.patch_address))
         mnemonics = [i.mnemonic for i in patch]
         call = next(index for index, i in enumerate(patch) if i.is_call_near)

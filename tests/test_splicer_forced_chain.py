@@ -12,6 +12,7 @@ from rig.kernel.build import KernelBuild
 from rig.splicer import springboard as sb
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
+from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import PatchKind, SplicePlan, SpliceRefused, plan_splice
 from rig.splicer.repository import Mode, Policy, RepositoryLayout
 
@@ -44,7 +45,7 @@ def follow_chain(p: SplicePlan) -> list[int]:
 def test_sys_getpid_entry_forced_chain(vmlinux: KernelImage, k: int) -> None:
     """sys_getpid starts with a 5-byte mov: rel32 fits, yet a k-springboard chain is built on request."""
     code = disassemble_function(vmlinux, "sys_getpid")
-    gaps = vmlinux.padding_gaps()
+    gaps = padding_gaps(vmlinux)
     assert code.instruction_at(code.start).size >= 5
     p = plan_splice(code, code.start, Mode.JMP, Policy.SINGLE, LAYOUT, 0, patch_kind=PatchKind.EMPTY,
                     springboard_space=gaps, springboards=k)
@@ -60,14 +61,14 @@ def test_sys_getpid_entry_forced_chain(vmlinux: KernelImage, k: int) -> None:
 def test_zero_springboards_is_a_direct_rel32(vmlinux: KernelImage) -> None:
     code = disassemble_function(vmlinux, "sys_getpid")
     p = plan_splice(code, code.start, Mode.JMP, Policy.SINGLE, LAYOUT, 0, springboards=0,
-                    springboard_space=vmlinux.padding_gaps())
+                    springboard_space=padding_gaps(vmlinux))
     assert p.hops == 1 and not p.springboards and p.new_bytes[0] == 0xE9
 
 
 def test_exact_route_refuses_without_enough_padding(vmlinux: KernelImage) -> None:
     """Only the padding gaps right around sys_getpid: a long chain cannot be placed."""
     code = disassemble_function(vmlinux, "sys_getpid")
-    near = [g for g in vmlinux.padding_gaps() if abs(g.start - code.start) <= 40]
+    near = [g for g in padding_gaps(vmlinux) if abs(g.start - code.start) <= 40]
     assert sb.find_route_exact(code.start, sb.free_ranges(near, []), len(near) + 1) is None
     with pytest.raises(SpliceRefused) as err:
         plan_splice(code, code.start, Mode.JMP, Policy.SINGLE, LAYOUT, 0, springboard_space=near,
@@ -85,7 +86,7 @@ def test_forced_chain_refused_in_trap_mode(vmlinux: KernelImage) -> None:
 def test_exact_routes_on_gcc_code(snippet_object: Path) -> None:  # noqa: F811
     """Every function entry of the gcc object: a route of exactly k hops has k distinct hops."""
     image = KernelImage.load(snippet_object)
-    free = sb.free_ranges(image.padding_gaps(), [])
+    free = sb.free_ranges(padding_gaps(image), [])
     found = 0
     for sym in image.functions_in(".text"):
         for k in (1, 2):

@@ -11,6 +11,7 @@ from splice_checks import check_chain
 from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import KernelImage
 from rig.splicer.memory import MemoryWrite
+from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import (
     PatchKind,
     SplicePlan,
@@ -43,7 +44,7 @@ def code_of(image: KernelImage, name: str) -> FunctionCode:
 
 
 def plan(image: KernelImage, name: str, point: int, mode: Mode, policy: Policy, **kw) -> SplicePlan:
-    kw.setdefault("springboard_space", image.padding_gaps())
+    kw.setdefault("springboard_space", padding_gaps(image))
     return plan_splice(code_of(image, name), point, mode, policy, LAYOUT, kw.pop("slot", 0), vector=VECTOR, **kw)
 
 
@@ -254,7 +255,7 @@ def test_short_instruction_under_single_uses_springboards(image: KernelImage) ->
     p = plan(image, "use_smalls", short, Mode.JMP, Policy.SINGLE)
     assert p.springboards and p.new_bytes[0] == 0xEB
     check_chain(p)
-    gaps = image.padding_gaps()
+    gaps = padding_gaps(image)
     for board in p.springboards:
         assert any(g.start <= board.address and board.address + len(board.data) <= g.end for g in gaps)
 

@@ -7,6 +7,7 @@ from splice_checks import check_chain
 
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
+from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import SpliceRefused, plan_splice
 from rig.splicer.repository import Mode, Policy, RepositoryLayout
 
@@ -23,7 +24,7 @@ def vmlinux(kernel) -> KernelImage:  # noqa: ANN001 - conftest fixture
 @pytest.mark.parametrize("mode", [Mode.TRAP, Mode.JMP])
 def test_entry_plans(vmlinux: KernelImage, function: str, mode: Mode) -> None:
     code = disassemble_function(vmlinux, function)
-    gaps = vmlinux.padding_gaps()
+    gaps = padding_gaps(vmlinux)
     plan = plan_splice(code, code.start, mode, Policy.DISPLACE, LAYOUT, 0, vector=0x81, springboard_space=gaps)
     assert plan.original == vmlinux.text_bytes(code.start, plan.window.length)
     assert plan.writes[-1].role == "point" and plan.undo[0].data == plan.original
@@ -34,7 +35,7 @@ def test_entry_plans(vmlinux: KernelImage, function: str, mode: Mode) -> None:
 def test_short_instruction_point_needs_springboards(vmlinux: KernelImage) -> None:
     """A real 2..4-byte instruction in tcp_sync_mss: single-policy jmp goes through padding."""
     code = disassemble_function(vmlinux, "tcp_sync_mss")
-    gaps = vmlinux.padding_gaps()
+    gaps = padding_gaps(vmlinux)
     assert gaps, "2.4.20 text has alignment padding between functions"
     for insn in code.instructions:
         if 2 <= insn.size < 5 and not insn.is_data:
@@ -52,7 +53,7 @@ def test_short_instruction_point_needs_springboards(vmlinux: KernelImage) -> Non
 
 def test_natural_multi_hop_chain_in_the_scheduler(vmlinux: KernelImage) -> None:
     """Where the padding next to a short instruction is too small, the route chains rel8 hops."""
-    gaps = vmlinux.padding_gaps()
+    gaps = padding_gaps(vmlinux)
     for function in vmlinux.functions_in(".text"):
         if not function.name.startswith(("schedule", "sys_sched", "wake_up", "__wake_up", "sleep_on")):
             continue
@@ -89,7 +90,7 @@ def test_sti_hlt_interrupt_shadow_is_refused(vmlinux: KernelImage, mode: Mode) -
     code = disassemble_function(vmlinux, "default_idle")
     sti = next(i for i in code.instructions if i.mnemonic == "sti")
     after = code.instruction_at(sti.end)
-    gaps = vmlinux.padding_gaps()
+    gaps = padding_gaps(vmlinux)
     for point in (sti.address, after.address):
         with pytest.raises(SpliceRefused) as refused:
             plan_splice(code, point, mode, Policy.DISPLACE, LAYOUT, 0, vector=0x81, springboard_space=gaps)

@@ -20,6 +20,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage, Symbol
+from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import PatchKind, SpliceRefused, plan_splice
 from rig.splicer.repository import Mode, Policy, RepositoryLayout
 
@@ -66,7 +67,7 @@ def object_functions(obj: Path) -> list[tuple[str, int]]:
 
 def census(image: KernelImage, objects: Sequence[tuple[str, Path]],
            progress: Callable[[str, int, int], None] | None = None) -> list[HopCensus]:
-    gaps = image.padding_gaps()
+    gaps = padding_gaps(image)
     layout = RepositoryLayout()
     by_name: dict[str, list[Symbol]] = {}
     for sym in image.symbols:

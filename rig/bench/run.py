@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rig import instrument, paths
+from rig import instrument, paths, session
 from rig.bench import fig4, fig5, hops, latency, report, table1
 from rig.errors import RigError
 from rig.guest import lifecycle
@@ -129,7 +129,7 @@ def measure_guest(prepared: lifecycle.PreparedGuest, options: BenchOptions, with
         assert boot is not None
         # A guest that oopses under measurement fails the bench with the crash decoded, not a timeout.
         watch = ConsoleWatch.start(machine.config.console_log, instrument.load_image(prepared.kernel.vmlinux),
-                                   crash_dir=lifecycle.crash_dir())
+                                   crash_dir=session.crash_dir())
         with watch.guard(), instrument.connect(machine.config.gdb_socket, prepared.kernel) as instr:
             result = table1.measure(machine, instr, options.n, options.runs, counter=options.counter_rows,
                                     progress=lambda detail: note(clock.name, detail))

@@ -31,7 +31,7 @@ from rig.splicer import idt
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.plan import PatchKind
 from rig.splicer.repository import Mode, Policy
-from rig.transaction import apply_writes
+from rig.instrument.transaction import apply_writes
 
 FUNCTION = "sys_getpid"
 PAPER = {"cpu": "Pentium 4 1.4 GHz", "kernel": "Linux 2.4.20", "compiler": "gcc 3.2",

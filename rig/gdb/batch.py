@@ -10,13 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from rig.errors import RigError
 from rig.gdb.mi import GdbCommandError, MiResult
 
-if TYPE_CHECKING:
-    from rig.gdb.session import GdbSession
 
 T = TypeVar("T")
 _HEX_RE = re.compile(r"0x[0-9a-fA-F]+")
@@ -39,9 +37,20 @@ class Pending(Generic[T]):
         self._value, self._done = value, True
 
 
+class Pipeline(Protocol):
+    """What a batch needs of the gdb session (GdbSession): the session builds batches, so the
+    batch knows it only by this."""
+
+    def commands(self, commands: Sequence[str], timeout_s: float | None = None) -> list[MiResult]: ...
+
+    def require_stopped(self, action: str) -> None: ...
+
+    def register_names(self) -> list[str]: ...
+
+
 @dataclass
 class Batch:
-    session: "GdbSession"
+    session: Pipeline
     _commands: list[str] = field(default_factory=list)
     _finishers: list[Callable[[MiResult], None]] = field(default_factory=list)
 

@@ -16,17 +16,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rig import instrument, paths
+from rig import paths
 from rig.errors import RigError
-from rig.gdb.mi import GdbDied
 from rig.guest import accel as accel_mod
-from rig.guest import qmp
 from rig.guest.accel import Clock
-from rig.guest import crash
-from rig.guest.crash import ConsoleWatch, CrashRecord
-from rig.guest.qmp import RunState
 from rig.guest.initrd import build_initrd
-from rig.instrument import Instrumenter
 from rig.guest.machine import BootInfo, MachineConfig, QemuMachine, pid_is_qemu
 from rig.kernel.build import KernelBuild, Progress, ensure_kernel
 
@@ -139,104 +133,11 @@ def boot_background(prepared: PreparedGuest, ready_timeout: float = 60.0) -> tup
 
 
 def attach() -> tuple[GuestState, QemuMachine]:
-    """Connect to the running background guest's console (resuming it first if a dead rig
-    process left it stopped)."""
+    """Connect to the running background guest's console."""
     state = running()
     if state is None:
         raise RigError("no guest is running", hint="start one with: invoke boot")
-    resume_if_left_stopped(state)
     return state, QemuMachine.attach(state.machine_config(), state.pid)
-
-
-def resume_if_left_stopped(state: GuestState) -> RunState | None:
-    """A guest that QMP shows stopped while no rig command holds it was left so by a rig process
-    that died: attach (which repairs an interrupted change) and let it run; say so. Returns the
-    state it was found in, or None if it was running (or has no QMP socket)."""
-    config = state.machine_config()
-    found = qmp.query_status(config.qmp_socket)
-    if found is None or found.running:
-        return None
-    with qmp.guest_lock(config.run_dir):
-        found = qmp.query_status(config.qmp_socket)
-        if found is None or found.running:
-            return None  # the command that held it let it go
-        with instrument.connect(config.gdb_socket, state.kernel) as manager:
-            _announce(found, manager)
-    return found
-
-
-def _announce(found: RunState | None, manager: Instrumenter) -> None:
-    if found is not None and not found.running:
-        log.warning("the guest was found stopped (QMP status '%s') with no rig command attached: an earlier one "
-                    "died holding it; resumed", found.status)
-    if manager.repair is not None:
-        log.warning("%s", manager.repair.summary())
-
-
-@contextmanager
-def instrumenter(start: bool = True, gdb_path: str | None = None) -> Iterator[tuple[GuestState, Instrumenter]]:
-    """The running guest (booted first if ``start`` and none runs) with gdb attached to it, held
-    for this process alone; an interrupted change found on attaching is finished first."""
-    state = running()
-    if state is None:
-        if not start:
-            raise RigError("no guest is running", hint="start one with: invoke boot")
-        state, _ = boot_background(prepare())
-    config = state.machine_config()
-    with qmp.guest_lock(config.run_dir), watched(state) as watch:
-        found = qmp.query_status(config.qmp_socket)
-        try:
-            with instrument.connect(config.gdb_socket, state.kernel, gdb_path=gdb_path) as manager:
-                _announce(found, manager)
-                watch.splices = _remember_splices(state, manager)
-                manager.on_change = lambda: setattr(watch, "splices", _remember_splices(state, manager))
-                yield state, manager
-        except GdbDied as died:
-            raise GdbDied(died.message, hint="the guest may be left stopped in the middle of a change: the next "
-                                             "invoke command repairs it from the guest's journal and lets it run "
-                                             "(invoke status)") from died
-
-
-@contextmanager
-def watched(state: GuestState) -> Iterator[ConsoleWatch]:
-    """Run a command with the guest's console watched for an oops, BUG or panic: one fails the
-    command with the crash decoded against vmlinux, the splices that were live, and the console
-    log kept in the crash directory (``invoke status`` shows the last one)."""
-    config = state.machine_config()
-    watch = ConsoleWatch.start(config.console_log, instrument.load_image(state.kernel.vmlinux),
-                               crash_dir=crash_dir(), splices=_remembered_splices(state))
-    with watch.guard():
-        yield watch
-
-
-def crash_dir() -> Path:
-    return paths.cache_dir("crashes")
-
-
-def last_crash() -> CrashRecord | None:
-    """The last guest crash a command saw (its decoded summary and the kept console log)."""
-    return crash.last_crash(crash_dir())
-
-
-def _splices_file(state: GuestState) -> Path:
-    return Path(state.run_dir) / "splices.json"
-
-
-def _remember_splices(state: GuestState, manager: Instrumenter) -> list[str]:
-    """The live splices, one line each, noted on the host for a crash report: once the guest is
-    dead its memory (the real record) cannot be read."""
-    _, active = manager.active()
-    lines = [f"slot {a.slot}: {a.mode}{' (own vector)' if a.record.vector else ''} at {a.function}+{a.offset:#x}"
-             for a in active]
-    _splices_file(state).write_text(json.dumps(lines))
-    return lines
-
-
-def _remembered_splices(state: GuestState) -> list[str]:
-    try:
-        return [str(line) for line in json.loads(_splices_file(state).read_text())]
-    except (OSError, ValueError):
-        return []
 
 
 def halt() -> GuestState | None:

@@ -24,13 +24,15 @@ from rig import tools
 from rig.errors import RigError
 from rig.guest.accel import Clock
 from rig.guest.protocol import GuestConsole, ReadyInfo
+from rig.splicer import repository
 
 MIB = 1 << 20
 # The component repository: physical 16-20 MiB, left out of the e820 map by
 # mem=exactmap so the kernel never allocates it, yet 2.4 still maps it in its
 # direct map at PAGE_OFFSET + 16 MiB = 0xC1000000.  No kernel change needed.
-REPOSITORY_PHYS = 16 * MIB
-REPOSITORY_SIZE = 4 * MIB
+PAGE_OFFSET = 0xC0000000  # 2.4 i386: the kernel's direct map of physical memory starts here
+REPOSITORY_PHYS = repository.DEFAULT_BASE - PAGE_OFFSET
+REPOSITORY_SIZE = repository.DEFAULT_SIZE
 GUEST_MEMORY_MB = 64
 MEMORY_MAP = (f"mem=exactmap mem=640K@0 mem={REPOSITORY_PHYS // MIB - 1}M@1M "
               f"mem={GUEST_MEMORY_MB - (REPOSITORY_PHYS + REPOSITORY_SIZE) // MIB}M"

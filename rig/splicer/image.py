@@ -302,8 +302,3 @@ class KernelImage:
         if sec is None or not sec.contains(address, 4):
             return None
         return struct.unpack_from("<I", sec.data, address - sec.address)[0]
-
-    # ---- free space ----------------------------------------------------------------------
-    def padding_gaps(self, section: str = ".text") -> list[PaddingGap]:
-        from rig.splicer.padding import find_padding_gaps  # local: padding uses capstone
-        return find_padding_gaps(self, section)

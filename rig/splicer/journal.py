@@ -21,7 +21,7 @@ uses. Only the host reads it, so the payload is zlib-compressed JSON; a header w
 makes a torn journal write (the payload written, the header not) read as "nothing to repair":
 the header is written after the payload and before any other write.
 
-Pure: bytes in, records and decisions out; :mod:`rig.transaction` does the I/O.
+Pure: bytes in, records and decisions out; :mod:`rig.instrument.transaction` does the I/O.
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ def is_padding(data: bytes, address: int) -> bool:
     return covered == len(data)
 
 
-def find_padding_gaps(image: KernelImage, section: str = ".text") -> list[PaddingGap]:
+def padding_gaps(image: KernelImage, section: str = ".text") -> list[PaddingGap]:
     sec = image.section(section)
     targets = sorted(image_flow_facts(image).targets)
     in_section = sorted((s for s in image.symbols if s.section == section), key=lambda s: s.address)

@@ -112,7 +112,7 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
                 springboard_space: Sequence[ByteRange] = (), active: Sequence[SlotRecord] = (),
                 springboards: int | None = None, call_target: int | None = None,
                 own_vector: OwnVector | None = None) -> SplicePlan:
-    """Plan one splice. ``springboard_space``: free padding (``image.padding_gaps()``);
+    """Plan one splice. ``springboard_space``: free padding (``padding_gaps(image)``);
     ``active``: slot records already in the guest (to refuse overlaps and shared bytes).
     ``springboards`` (jmp mode): force a chain of exactly that many springboards (0: a direct
     jmp rel32 or nothing) even where a shorter route or a rel32 fits -- for measuring chains.
@@ -446,4 +446,4 @@ def _original_padding(space: Sequence[ByteRange], address: int, length: int) -> 
         if isinstance(gap, PaddingGap) and gap.start <= address and address + length <= gap.end:
             return gap.bytes_at(address, length)
     raise SpliceRefused("no-springboard-route", f"springboard at {address:#x} is not in known padding",
-                        "pass image.padding_gaps() as springboard_space")
+                        "pass padding_gaps(image) as springboard_space")

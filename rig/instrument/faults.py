@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rig import tools
-from rig.component_manager import ComponentManager
+from rig.instrument.components import ComponentManager
 from rig.errors import RigError
 from rig.gdb import dying
 from rig.guest import qmp

@@ -28,7 +28,7 @@ from rig.splicer.image import ByteRange
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.plan import PatchKind
 from rig.splicer.repository import PATCH_AREA_SIZE, PATCH_CODE_OFFSET, Mode, Policy, SlotRecord
-from rig.transaction import apply_writes
+from rig.instrument.transaction import apply_writes
 
 COMPONENTS_DIR = paths.REPO_ROOT / "rig" / "components"
 _ERROR_LINES = 15

@@ -36,10 +36,11 @@ from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage
 from rig.splicer.journal import Repair
 from rig.splicer.memory import MemoryWrite
+from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import OwnVector, PatchKind, SplicePlan, SpliceRefused, plan_splice, undo_writes
 from rig.splicer.repository import Header, Mode, Policy, RepositoryLayout, SlotRecord
 from rig.splicer.stackcheck import BusyWord, busy_words
-from rig.transaction import Transaction, apply_writes, recover
+from rig.instrument.transaction import Transaction, apply_writes, recover
 
 T = TypeVar("T")
 _MAX_TASKS = 512
@@ -413,7 +414,7 @@ class Instrumenter:
         the point is long enough for the branch, else displace whole instructions."""
         def make(chosen: Policy) -> SplicePlan:
             return plan_splice(code, point, mode, chosen, self.layout, slot, patch_kind=patch_kind, vector=vector,
-                               springboard_space=self.image.padding_gaps(), active=active,
+                               springboard_space=padding_gaps(self.image), active=active,
                                springboards=springboards, call_target=call_target, own_vector=own_vector)
         if policy is not None:
             return make(policy)
