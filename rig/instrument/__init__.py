@@ -6,7 +6,7 @@
 * :mod:`~rig.instrument.faults`: fault injection (gdb killed at each write in turn).
 """
 from rig.instrument.manager import (ActiveSplice, GuestSnapshot, Instrumenter, SpliceResult, UnspliceResult,
-                                    connect, load_image, plan_vector)
+                                    connect, load_image)
 
 __all__ = ["ActiveSplice", "GuestSnapshot", "Instrumenter", "SpliceResult", "UnspliceResult", "connect",
-           "load_image", "plan_vector"]
+           "load_image"]

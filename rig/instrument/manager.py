@@ -15,7 +15,6 @@ later ``invoke`` reads it back; nothing about live splices is kept on the host.
 """
 from __future__ import annotations
 
-import dataclasses
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,13 +30,14 @@ from rig.gdb.session import GdbSession
 from rig.guest.kernel_layout import TaskLayout, task_layout
 from rig.guest.machine import REPOSITORY_PHYS, REPOSITORY_SIZE
 from rig.kernel.build import KernelBuild
-from rig.splicer import idt, journal, repository
+from rig.splicer import idt, journal, modes, repository
 from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage
 from rig.splicer.journal import Repair
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.padding import padding_gaps
-from rig.splicer.plan import OwnVector, PatchKind, SplicePlan, SpliceRefused, plan_splice, undo_writes
+from rig.splicer.modes import int3
+from rig.splicer.plan import OwnVector, PatchKind, SplicePlan, SpliceRefused, plan_auto, plan_splice, undo_writes
 from rig.splicer.repository import Header, Mode, Policy, RepositoryLayout, SlotRecord
 from rig.splicer.stackcheck import BusyWord, busy_words
 from rig.instrument.transaction import Transaction, apply_writes, recover
@@ -335,9 +335,9 @@ class Instrumenter:
         snap = self.prep(read_idt=own_vector)
         records = [record for _, record in snap.active()]
         slot = self.layout.free_slot(index for index, _ in snap.active())
-        vector = self._free_own_vector(snap) if own_vector else None
+        own = self._free_own_vector(snap) if own_vector else None
         plan = self._plan(code, point, mode, policy, slot, patch_kind, snap.header.vector, records,
-                          springboards=springboards, call_target=call_target, own_vector=vector)
+                          springboards=springboards, call_target=call_target, own_vector=own)
         patch_area = ByteRange(self.layout.patch_area(slot), repository.PATCH_AREA_SIZE)
         slot_before = repository.encode_slot(snap.slots[slot])
         # int3: vector 3 is re-pointed at the rig's stub just before the point.
@@ -365,7 +365,7 @@ class Instrumenter:
 
         _, attempts = _with_retries(attempt, retries)
         self._changed()
-        vector = 3 if mode is Mode.INT3 else plan_vector(plan, snap.header.vector)
+        vector = modes.select(mode, snap.header.vector, own).vector() or 0  # jmp: none
         return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempts, vector,
                             prep_stall_s=self.last_prep_stall_s or 0.0)
 
@@ -390,40 +390,19 @@ class Instrumenter:
         return self.image.symbol("idt_table").address + 3 * idt.GATE_SIZE
 
     def _int3_gate_writes(self, gate_now: bytes, to_rig: bool) -> list[MemoryWrite]:
-        """Re-point vector 3 at the rig's int3 stub (or back at the kernel's entry); [] if it is so.
-
-        Only the handler offset changes: the gate keeps 2.4's type and DPL 3, so user-space int3
-        still works (the stub hands it to the kernel's entry)."""
-        gate = idt.decode_gate(gate_now)
-        kernel, rig = self.image.symbol("int3").address, self.layout.int3_handler
-        want, other = (rig, kernel) if to_rig else (kernel, rig)
-        if gate.offset == want:
-            return []
-        if gate.offset != other:
-            raise RigError(f"IDT vector 3 points at {gate.offset:#x}, neither the kernel's int3 entry "
-                           f"({kernel:#x}) nor the rig's stub ({rig:#x})",
-                           hint="something else changed the IDT; reboot the guest (invoke halt; invoke boot)")
-        moved = dataclasses.replace(gate, offset=want).encode()
-        return [MemoryWrite(self._int3_gate_address, moved, "int3-gate", expect=gate_now)]
+        return int3.vector3_writes(gate_now, self._int3_gate_address, self.image.symbol("int3").address,
+                                   self.layout.int3_handler, to_rig)
 
     def _plan(self, code: FunctionCode, point: int, mode: Mode, policy: Policy | None, slot: int,
               patch_kind: PatchKind, vector: int, active: Sequence[SlotRecord],
               springboards: int | None = None, call_target: int | None = None,
               own_vector: OwnVector | None = None) -> SplicePlan:
-        """``policy=None`` is "auto": the paper's single-instruction splice where the instruction at
-        the point is long enough for the branch, else displace whole instructions."""
-        def make(chosen: Policy) -> SplicePlan:
-            return plan_splice(code, point, mode, chosen, self.layout, slot, patch_kind=patch_kind, vector=vector,
-                               springboard_space=padding_gaps(self.image), active=active,
-                               springboards=springboards, call_target=call_target, own_vector=own_vector)
-        if policy is not None:
-            return make(policy)
-        try:
-            return make(Policy.SINGLE)
-        except SpliceRefused as refused:
-            if refused.reason != "too-short":
-                raise
-            return make(Policy.DISPLACE)
+        """``policy=None`` is "auto": the tactics of :data:`rig.splicer.plan.TACTICS` in turn."""
+        options = dict(patch_kind=patch_kind, vector=vector, springboard_space=padding_gaps(self.image),
+                       active=active, springboards=springboards, call_target=call_target, own_vector=own_vector)
+        if policy is None:
+            return plan_auto(code, point, mode, self.layout, slot, **options)
+        return plan_splice(code, point, mode, policy, self.layout, slot, **options)  # type: ignore[arg-type]
 
     def unsplice(self, slot: int, retries: int = 20) -> UnspliceResult:
         snap = self.prep(install=False)
@@ -469,15 +448,12 @@ class Instrumenter:
 
     def _unsplice_gone(self, slot: int, record: SlotRecord) -> list[ByteRange]:
         """Code no one may be inside, anywhere, when a splice goes: its springboards (given back to
-        padding), and the dispatch that still leads into it -- the shared handlers (a vCPU inside
-        them holds the saved EIP point+branch, looked up in an entry about to be released) or the
-        splice's own vector stub."""
+        padding), and the dispatch that still leads into it (its mode says which: the shared
+        handlers, whose vCPU holds the saved EIP point+branch about to be looked up in an entry
+        this releases, or the splice's own vector stub)."""
+        own = self._own_vector(record.vector) if record.vector else None
         gone = [ByteRange(board.address, len(board.original)) for board in record.springboards]
-        if record.vector:
-            gone.append(ByteRange(self.layout.vector_stub(slot), repository.PATCH_CODE_OFFSET - repository.VECTOR_STUB_OFFSET))
-        elif record.mode in (Mode.TRAP, Mode.INT3):
-            gone.append(ByteRange(self.layout.handler, repository.HANDLER_MAX))
-        return gone
+        return gone + modes.of_record(record, own_vector=own).dispatch_code(self.layout, slot)
 
     def unsplice_all(self) -> list[UnspliceResult]:
         """Undo every active splice, each with its own busy-checked stop. One that stays busy does
@@ -599,11 +575,6 @@ def _runs(addresses: Sequence[int]) -> list[tuple[int, int]]:
         else:
             runs.append((address, address + 1))
     return runs
-
-
-def plan_vector(plan: SplicePlan, shared: int) -> int:
-    """The IDT vector a trap plan's ``int $n`` uses (its own, or the shared one)."""
-    return plan.new_bytes[1] if plan.mode is Mode.TRAP else shared
 
 
 @contextmanager

@@ -2,75 +2,35 @@
 
 Nothing here touches the guest. :func:`plan_splice` turns a decoded function and a point into a
 :class:`SplicePlan` whose ``writes`` the I/O side applies in order (the instrumentation point
-last) and whose ``undo`` restores the kernel text (the point first).
+last) and whose ``undo`` restores the kernel text (the point first). What is particular to a
+mode (its branch, its dispatch to the patch) lives in :mod:`rig.splicer.modes`; how the bytes
+at the point are chosen in :mod:`rig.splicer.window`; :func:`plan_auto` tries the window
+policies in turn (:data:`TACTICS`).
 """
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import iced_x86 as ix
 
-from rig.errors import Refused
-from rig.splicer import idt
+from rig.splicer import modes
 from rig.splicer import springboard as sb
 from rig.splicer.analysis import FunctionCode, Instruction, decode
-from rig.splicer.image import ByteRange, PaddingGap
+from rig.splicer.image import ByteRange
+from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
 from rig.splicer.memory import MemoryWrite
+from rig.splicer.modes import BranchRequest, OwnVector, SpliceMode
+from rig.splicer.modes.jmp import Springboard, encode_hops
+from rig.splicer.repository import (FREE_KEY, MAX_SPRINGBOARDS, PATCH_AREA_SIZE, PATCH_CODE_OFFSET, SLOT_RECORD_SIZE,
+                                    RepositoryLayout, SlotRecord, SpringboardRecord, encode_slot, encode_table_entry)
 from rig.splicer.sections import freed_after_boot, why_not_spliceable
-from rig.splicer.repository import (FREE_KEY, MAX_ORIGINAL, MAX_SPRINGBOARDS, PATCH_AREA_SIZE,  # noqa: I001
-                                    PATCH_CODE_OFFSET, SLOT_RECORD_SIZE, VECTOR_STUB_OFFSET, Mode, Policy,
-                                    RepositoryLayout, SlotRecord, SpringboardRecord, encode_slot,
-                                    encode_table_entry, vector_stub_code)
 
-TRAP_SIZE = 2       # int $n: CD nn
-INT3_SIZE = 1       # int3: CC
-REL32_SIZE = 5      # jmp rel32: E9 xx xx xx xx
-FILLER = 0xCC       # window bytes after the branch: int3, so a stray jump there stops loudly
-
-
-class PatchKind(enum.Enum):
-    COUNTER = "counter"  # pushfd; inc dword [counter]; popfd; <displaced>; jmp back
-    EMPTY = "empty"      # <displaced>; jmp back (for measuring the bare branch cost)
-    CALL = "call"        # pushfd; pushad; call <call_target>; popad; popfd; <displaced>; jmp back
-    # Splicing to a component (call_target = the component's function); both count hits first.
-    REPLACE = "replace"  # jmp <call_target>: at a function entry it takes the caller's frame and
-                         # returns to the caller; the old code is bypassed (no displaced copy)
-    WRAP = "wrap"        # pushfd; pushad; push esp; call <call_target>; pop; popad; popfd;
-                         # <displaced>; jmp back -- the target gets the saved frame (registers,
-                         # flags, then the interrupted stack: return address and arguments)
-
+__all__ = ["OwnVector", "PatchKind", "SplicePlan", "SpliceRefused", "Springboard", "TACTICS", "Tactic",
+           "plan_auto", "plan_splice", "undo_writes"]
 
 _TARGETED = (PatchKind.CALL, PatchKind.REPLACE, PatchKind.WRAP)
 _COUNTED = (PatchKind.COUNTER, PatchKind.REPLACE, PatchKind.WRAP)
-
-
-class SpliceRefused(Refused):
-    """A splice that cannot be made safely."""
-
-
-@dataclass(frozen=True)
-class Springboard:
-    address: int
-    data: bytes
-    original: bytes
-
-
-@dataclass(frozen=True)
-class OwnVector:
-    """A trap splice's own IDT vector: the vector alone says which patch (no table lookup).
-
-    ``free_gate`` is the gate as the kernel left it (pointing at ``ignore_int``): expected before
-    the splice, restored by its undo."""
-
-    vector: int
-    idt_base: int
-    free_gate: bytes
-
-    @property
-    def gate_address(self) -> int:
-        return self.idt_base + self.vector * idt.GATE_SIZE
 
 
 @dataclass(frozen=True)
@@ -114,17 +74,12 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
                 own_vector: OwnVector | None = None) -> SplicePlan:
     """Plan one splice. ``springboard_space``: free padding (``padding_gaps(image)``);
     ``active``: slot records already in the guest (to refuse overlaps and shared bytes).
-    ``springboards`` (jmp mode): force a chain of exactly that many springboards (0: a direct
-    jmp rel32 or nothing) even where a shorter route or a rel32 fits -- for measuring chains.
-    ``call_target`` (PatchKind.CALL): the routine the patch calls with all registers saved.
-    ``own_vector`` (trap mode): dispatch through a vector of the splice's own, whose gate points
-    at a two-instruction stub in the patch area, instead of the shared vector's table lookup."""
-    if own_vector is not None and mode is not Mode.TRAP:
-        raise SpliceRefused("bad-own-vector", f"a vector of its own is for trap splices, not {mode.name.lower()}",
-                            "use --mode trap with --dispatch vector")
-    if mode is Mode.TRAP and vector is None and own_vector is None:
-        raise SpliceRefused("no-vector", "a trap splice needs the IDT vector of the installed handler",
-                            "install the repository first; it picks a free vector")
+    ``vector``: the repository's shared trap vector. ``springboards`` (jmp mode): force a chain
+    of exactly that many springboards (0: a direct jmp rel32 or nothing) even where a shorter
+    route or a rel32 fits -- for measuring chains. ``call_target`` (PatchKind.CALL): the routine
+    the patch calls with all registers saved. ``own_vector`` (trap mode): dispatch through a
+    vector of the splice's own instead of the shared vector's table lookup."""
+    strategy = modes.select(mode, shared_vector=vector, own_vector=own_vector)
     if springboards is not None and (mode is not Mode.JMP or not 0 <= springboards <= MAX_SPRINGBOARDS):
         raise SpliceRefused("bad-springboards", f"springboards={springboards} with {mode.name.lower()} mode",
                             f"a forced chain needs jmp mode and 0..{MAX_SPRINGBOARDS} springboards")
@@ -146,21 +101,12 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
                             f"instruction starts near it: {_nearby(code, point)}")
 
     occupied = [ByteRange(b.address, len(b.original)) for rec in active if rec.in_use for b in rec.springboards]
-    free = sb.free_ranges(springboard_space, occupied)
-
-    route: list[sb.Hop] = []
-    if mode is Mode.TRAP:
-        window = _choose_window(code, point, TRAP_SIZE, policy)
-        branch = bytes([0xCD, (own_vector.vector if own_vector else vector) & 0xFF])
-    elif mode is Mode.INT3:
-        window = _choose_window(code, point, INT3_SIZE, policy)
-        branch = bytes([0xCC])
-    else:
-        window, route, branch = _jmp_window(code, point, policy, layout.patch_code(slot), free, springboards)
-
+    patch_address = layout.patch_code(slot)
+    branch = strategy.branch(BranchRequest(code, point, policy, patch_address,
+                                           sb.free_ranges(springboard_space, occupied), springboards))
+    window = branch.window
     _check_no_overlap(window, active)
     instructions = [i for i in code.instructions if window.start <= i.address < window.end]
-    patch_address = layout.patch_code(slot)
     counter = layout.counter(slot) if patch_kind in _COUNTED else None
     patch_code = _build_patch(instructions, window.end, patch_address, counter, call_target, patch_kind)
     if len(patch_code) > PATCH_AREA_SIZE - PATCH_CODE_OFFSET:
@@ -168,50 +114,65 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
                             f"patch areas hold {PATCH_AREA_SIZE - PATCH_CODE_OFFSET}; splice a shorter window")
 
     original = b"".join(i.bytes for i in instructions)
-    new_bytes = branch + bytes([FILLER]) * (window.length - len(branch))
-    springboards = tuple(_encode_hops(route, springboard_space, patch_address))
-    hops = 1 + len(springboards) if mode is Mode.JMP else 0
-    record = SlotRecord(True, int(mode), int(policy), window.length, len(branch), hops, point, window.end,
+    boards = tuple(encode_hops(branch.route, springboard_space, patch_address))
+    hops = 1 + len(boards) if mode is Mode.JMP else 0
+    record = SlotRecord(True, int(mode), int(policy), window.length, len(branch.data), hops, point, window.end,
                         patch_address, counter or 0, original,
-                        tuple(SpringboardRecord(b.address, b.original) for b in springboards),
-                        own_vector.vector if own_vector else 0)
-    # The shared handlers look up the EIP the CPU saved: the byte after the trapping instruction.
-    trap_return = point + len(branch) if mode in (Mode.TRAP, Mode.INT3) and own_vector is None else None
-    writes, undo = _writes(layout, slot, record, patch_code, counter, springboards, new_bytes, trap_return,
-                           own_vector)
-    after = [*decode(new_bytes, point), *decode(patch_code, patch_address)]
-    for board in springboards:
+                        tuple(SpringboardRecord(b.address, b.original) for b in boards), strategy.recorded_vector)
+    writes = _writes(strategy, layout, slot, record, branch, patch_code, boards)
+    after = [*decode(branch.new_bytes, point), *decode(patch_code, patch_address)]
+    for board in boards:
         after += decode(board.data, board.address)
-    return SplicePlan(code.name, point, mode, policy, slot, window, original, new_bytes, patch_address,
-                      patch_code, counter, springboards, hops, trap_return, tuple(writes), tuple(undo),
+    return SplicePlan(code.name, point, mode, policy, slot, window, original, branch.new_bytes, patch_address,
+                      patch_code, counter, boards, hops, strategy.trap_return(point, branch), tuple(writes),
+                      tuple(_undo(strategy, layout, slot, record, expect_new=branch.new_bytes)),
                       before="\n".join(i.text() for i in instructions),
                       after="\n".join(i.text() for i in after))
 
 
-def _writes(layout: RepositoryLayout, slot: int, record: SlotRecord, patch_code: bytes, counter: int | None,
-            springboards: Sequence[Springboard], new_bytes: bytes,
-            trap_return: int | None,
-            own_vector: OwnVector | None = None) -> tuple[list[MemoryWrite], list[MemoryWrite]]:
-    """Apply order: everything the branch leads to first, the branch itself last; undo reversed."""
-    area = layout.patch_area(slot)
-    head = bytearray(PATCH_CODE_OFFSET)  # the hit counter starts at 0
-    if own_vector is not None:
-        stub = vector_stub_code(layout, slot)
-        head[VECTOR_STUB_OFFSET:VECTOR_STUB_OFFSET + len(stub)] = stub
-    patch = bytes(head) + patch_code
-    writes = [MemoryWrite(area, patch, "patch")]
-    writes += [MemoryWrite(b.address, b.data, "springboard", expect=b.original) for b in springboards]
-    # Every splice owns its slot's table entry, dispatching through it or not (jmp, own vector:
-    # FREE_KEY), so nothing a slot held before can be matched by the handlers.
-    key = (trap_return, record.patch_address) if trap_return is not None else (FREE_KEY, 0)
-    writes.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(*key), "trap-table"))
+# ---- the auto policy: tactics tried in turn --------------------------------------------------
+@dataclass(frozen=True)
+class Tactic:
+    """One way to choose the window; a refusal named in ``gives_way_on`` lets the next tactic try."""
+
+    name: str
+    policy: Policy
+    gives_way_on: frozenset[str] = frozenset()
+
+
+# The paper's single-instruction splice where the instruction at the point is long enough for the
+# branch, else whole instructions displaced (E9Patch's tactics are the model: cheapest first).
+TACTICS: tuple[Tactic, ...] = (
+    Tactic("single instruction", Policy.SINGLE, frozenset({"too-short"})),
+    Tactic("displace whole instructions", Policy.DISPLACE),
+)
+
+
+def plan_auto(code: FunctionCode, point: int, mode: Mode, layout: RepositoryLayout, slot: int,
+              tactics: Sequence[Tactic] = TACTICS, **options: object) -> SplicePlan:
+    """:func:`plan_splice` with each tactic's policy in turn (``options``: plan_splice's others)."""
+    for index, tactic in enumerate(tactics):
+        try:
+            return plan_splice(code, point, mode, tactic.policy, layout, slot, **options)  # type: ignore[arg-type]
+        except SpliceRefused as refused:
+            if refused.reason not in tactic.gives_way_on or index == len(tactics) - 1:
+                raise
+    raise SpliceRefused("no-tactic", "no tactic was given", "pass at least one tactic")
+
+
+# ---- writes and undo ----------------------------------------------------------------------------
+def _writes(strategy: SpliceMode, layout: RepositoryLayout, slot: int, record: SlotRecord, branch: modes.Branch,
+            patch_code: bytes, boards: Sequence[Springboard]) -> list[MemoryWrite]:
+    """Apply order: everything the branch leads to first, the branch itself last."""
+    writes = [MemoryWrite(layout.patch_area(slot), strategy.patch_head(layout, slot) + patch_code, "patch")]
+    writes += [MemoryWrite(b.address, b.data, "springboard", expect=b.original) for b in boards]
+    entry = strategy.table_entry(record.point, branch, record.patch_address)
+    writes.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(*entry), "trap-table"))
     writes.append(MemoryWrite(layout.slot_record(slot), encode_slot(record), "slot"))
     writes.append(MemoryWrite(layout.in_use_flag(slot), b"\x01", "slot-flag"))
-    if own_vector is not None:
-        gate = idt.make_trap_gate(layout.vector_stub(slot)).encode()
-        writes.append(MemoryWrite(own_vector.gate_address, gate, "idt-gate", expect=own_vector.free_gate))
-    writes.append(MemoryWrite(record.point, new_bytes, "point", expect=record.original))
-    return writes, undo_writes(layout, slot, record, expect_new=new_bytes, own_vector=own_vector)
+    writes += strategy.dispatch_writes(layout, slot)
+    writes.append(MemoryWrite(record.point, branch.new_bytes, "point", expect=record.original))
+    return writes
 
 
 def undo_writes(layout: RepositoryLayout, slot: int, record: SlotRecord,
@@ -224,123 +185,20 @@ def undo_writes(layout: RepositoryLayout, slot: int, record: SlotRecord,
     The patch area is left as it is: a task preempted inside it (returning from a displaced call)
     still finishes correctly; reuse the slot only after a busy check over the patch area.
     """
+    return _undo(modes.of_record(record, own_vector=own_vector), layout, slot, record, expect_new)
+
+
+def _undo(strategy: SpliceMode, layout: RepositoryLayout, slot: int, record: SlotRecord,
+          expect_new: bytes | None = None) -> list[MemoryWrite]:
     undo = [MemoryWrite(record.point, record.original, "point", expect=expect_new)]
     undo += [MemoryWrite(b.address, b.original, "springboard") for b in record.springboards]
     undo.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(FREE_KEY, 0), "trap-table"))
     undo.append(MemoryWrite(layout.slot_record(slot), bytes(SLOT_RECORD_SIZE), "slot"))
     undo.append(MemoryWrite(layout.in_use_flag(slot), b"\x00", "slot-flag"))
-    if record.vector:
-        if own_vector is None or own_vector.vector != record.vector:
-            raise ValueError(f"slot {slot} has vector {record.vector:#x} of its own: pass its OwnVector to undo it")
-        undo.append(MemoryWrite(own_vector.gate_address, own_vector.free_gate, "idt-gate"))
-    return undo
+    return undo + strategy.dispatch_undo(layout, slot, record)
 
 
-# ---- windows ----------------------------------------------------------------------------------
-def _choose_window(code: FunctionCode, point: int, need: int, policy: Policy) -> ByteRange:
-    first = code.instruction_at(point)
-    if policy is Policy.SINGLE:
-        if first.size < need:
-            raise SpliceRefused("too-short", f"the instruction at {point:#x} ({first.mnemonic}) is "
-                                f"{first.size} byte(s), the branch needs {need}",
-                                "use --policy displace to overwrite the following instructions too")
-        taken = [first]
-    else:
-        taken = []
-        for insn in code.instructions_from(point):
-            if sum(i.size for i in taken) >= need:
-                break
-            taken.append(insn)
-        length = sum(i.size for i in taken)
-        if length < need or point + length > code.end:
-            raise SpliceRefused("crosses-end", f"{need} bytes from {point:#x} run past the end of {code.name}",
-                                "pick an earlier point, or --mode trap (2 bytes)")
-        inside = sorted(t for t in code.entered_at if point < t < point + length)
-        if inside:
-            raise SpliceRefused("target-inside", f"a branch lands at {inside[0]:#x}, inside the "
-                                f"{length}-byte window at {point:#x}",
-                                "pick another point, or --policy single / --mode trap for a smaller window")
-        if len(taken) > 1 and code.unresolved_indirect_jumps:
-            raise SpliceRefused("indirect-jumps", f"{code.name} has indirect jumps whose targets are unknown "
-                                f"(at {', '.join(hex(a) for a in code.unresolved_indirect_jumps)}); one could "
-                                "land inside a multi-instruction window",
-                                "use --policy single, or --mode trap at a 2-byte instruction")
-    _check_interrupt_shadow(code, taken)
-    for insn in taken:
-        _check_relocatable(code, insn)
-    length = sum(i.size for i in taken)
-    if length > MAX_ORIGINAL:
-        raise SpliceRefused("window-too-long", f"the window is {length} bytes", "pick another point")
-    return ByteRange(point, length)
-
-
-def _jmp_window(code: FunctionCode, point: int, policy: Policy, patch: int, free: Sequence[ByteRange],
-                springboards: int | None = None) -> tuple[ByteRange, list[sb.Hop], bytes]:
-    if springboards == 0:
-        window = _choose_window(code, point, REL32_SIZE, policy)
-        return window, [], _jmp(point, patch, REL32_SIZE)
-    if springboards is not None:
-        window = _choose_window(code, point, sb.REL8_SIZE, policy)
-        route = sb.find_route_exact(point, free, springboards)
-        if route is None:
-            raise SpliceRefused("no-springboard-route", f"no chain of exactly {springboards} springboard(s) "
-                                f"through free padding is reachable from {point:#x}",
-                                "ask for fewer springboards, or pick another point")
-        return window, route, _jmp(point, route[0].address, sb.REL8_SIZE)
-    try:
-        window = _choose_window(code, point, REL32_SIZE, policy)
-        return window, [], _jmp(point, patch, REL32_SIZE)
-    except SpliceRefused as wide:
-        if wide.reason not in ("too-short", "target-inside", "crosses-end", "indirect-jumps"):
-            raise
-        first_refusal = wide
-    if policy is Policy.SINGLE and code.instruction_at(point).size < 2:
-        raise first_refusal
-    window = _choose_window(code, point, sb.REL8_SIZE, policy)
-    route = sb.find_route(point, free, MAX_SPRINGBOARDS)
-    if route is None:
-        raise SpliceRefused("no-springboard-route", f"{REL32_SIZE} bytes cannot be taken at {point:#x} "
-                            f"({first_refusal.message}) and no chain of jmp rel8 through free padding "
-                            f"within {MAX_SPRINGBOARDS} hops reaches a 5-byte gap",
-                            "use --mode trap, which needs only 2 bytes")
-    return window, route, _jmp(point, route[0].address, sb.REL8_SIZE)
-
-
-def _check_relocatable(code: FunctionCode, insn: Instruction) -> None:
-    if insn.is_data or insn.mnemonic == "ud2":
-        raise SpliceRefused("unrelocatable", f"{insn.address:#x} is BUG() (ud2 and its file/line record)",
-                            "the BUG handler finds its record next to the faulting address; pick another point")
-    if insn.address in code.exception_sites:
-        raise SpliceRefused("unrelocatable", f"{insn.address:#x} may fault on a user address and is in "
-                            "__ex_table; a relocated copy would not be found by the fault handler",
-                            "pick another point")
-    if insn.mnemonic in ("int3", "int", "into", "iretd", "iret", "sysexit", "hlt"):
-        raise SpliceRefused("unrelocatable", f"{insn.mnemonic} at {insn.address:#x} is not relocated",
-                            "pick another point")
-
-
-def _shadows(insn: Instruction) -> bool:
-    """``sti``, ``mov ss`` and ``pop ss`` hold off interrupts until the next instruction is done
-    (SDM vol. 3, 6.8.3): ``sti; hlt`` in default_idle relies on it to not lose a wakeup."""
-    return insn.mnemonic == "sti" or (insn.mnemonic in ("mov", "pop") and insn.op_str.startswith("ss"))
-
-
-def _check_interrupt_shadow(code: FunctionCode, taken: Sequence[Instruction]) -> None:
-    """Refuse a window that would move an instruction out of, or into, an interrupt shadow.
-
-    Relocated, ``sti`` would shadow the patch's next instruction instead of its own, and the
-    instruction after ``sti`` would run behind a branch, outside the shadow."""
-    before = [i for i in code.instructions if i.end == taken[0].address]
-    for insn in [*before, *taken]:
-        if _shadows(insn) and not insn.is_data:
-            where = "right before the point" if insn in before else "inside the window"
-            raise SpliceRefused("interrupt-shadow", f"{insn.mnemonic} {insn.op_str}".strip() +
-                                f" at {insn.address:#x} ({where}) holds off interrupts for exactly one "
-                                "instruction; a splice here would move that instruction out of its shadow "
-                                "and a wakeup could be lost",
-                                "pick a point at least one instruction away from it")
-
-
+# ---- checks -------------------------------------------------------------------------------------
 def _check_not_spliced(code: FunctionCode, point: int, slot: int, layout: RepositoryLayout,
                        active: Sequence[SlotRecord]) -> None:
     for index, rec in enumerate(active):
@@ -371,19 +229,7 @@ def _nearby(code: FunctionCode, point: int) -> str:
     return ", ".join(hex(a) for a in near) or "none"
 
 
-# ---- encoding ---------------------------------------------------------------------------------
-def _jmp(at: int, target: int, size: int) -> bytes:
-    op = ix.Code.JMP_REL32_32 if size == REL32_SIZE else ix.Code.JMP_REL8_32
-    encoder = ix.Encoder(32)
-    try:
-        encoder.encode(ix.Instruction.create_branch(op, target), at)
-    except ValueError as exc:
-        raise SpliceRefused("out-of-range", f"jmp from {at:#x} cannot reach {target:#x}: {exc}") from exc
-    data = encoder.take_buffer()
-    assert len(data) == size
-    return data
-
-
+# ---- the patch ---------------------------------------------------------------------------------
 def _build_patch(instructions: list[Instruction], resume: int, address: int, counter: int | None,
                  call_target: int | None = None, kind: PatchKind = PatchKind.COUNTER) -> bytes:
     """Probe, then the displaced instructions re-encoded for the patch address, then jmp back.
@@ -428,22 +274,3 @@ def _build_patch(instructions: list[Instruction], resume: int, address: int, cou
         return encoder.encode(address)
     except ValueError as exc:
         raise SpliceRefused("unrelocatable", f"the displaced instructions cannot be re-encoded: {exc}") from exc
-
-
-def _encode_hops(route: list[sb.Hop], space: Sequence[ByteRange], patch: int) -> list[Springboard]:
-    boards = []
-    for index, hop in enumerate(route):
-        if hop.final:
-            data = _jmp(hop.address, patch, REL32_SIZE)
-        else:
-            data = _jmp(hop.address, route[index + 1].address, sb.REL8_SIZE)
-        boards.append(Springboard(hop.address, data, _original_padding(space, hop.address, len(data))))
-    return boards
-
-
-def _original_padding(space: Sequence[ByteRange], address: int, length: int) -> bytes:
-    for gap in space:
-        if isinstance(gap, PaddingGap) and gap.start <= address and address + length <= gap.end:
-            return gap.bytes_at(address, length)
-    raise SpliceRefused("no-springboard-route", f"springboard at {address:#x} is not in known padding",
-                        "pass padding_gaps(image) as springboard_space")

@@ -30,7 +30,6 @@ guest): which slot a splice takes and what its neighbours are can never hide it.
 """
 from __future__ import annotations
 
-import enum
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import iced_x86 as ix
 
 from rig.errors import RigError
 from rig.splicer.journal import JOURNAL_OFFSET, JOURNAL_SIZE
+from rig.splicer.kinds import Mode, Policy  # noqa: F401 - stored in slot records; re-exported
 from rig.splicer.memory import MemoryWrite
 
 MAGIC = b"TRAPSPLC"
@@ -73,17 +73,6 @@ HEADER_HITS_OFFSET = 8 + 4 * 4  # magic, version, size, vector, handler -> hits
 _TABLE_ENTRY = struct.Struct("<II")
 _SLOT_HEAD = struct.Struct(f"<BBBBBBBBIIII{MAX_ORIGINAL}s")
 _SPRINGBOARD = struct.Struct(f"<IB{SPRINGBOARD_MAX_BYTES}s")
-
-
-class Mode(enum.IntEnum):
-    TRAP = 1   # int $n through a private IDT vector
-    JMP = 2    # jmp rel32, or jmp rel8 hops through springboards
-    INT3 = 3   # int3 (1 byte) through the kernel's own vector 3, re-pointed at a chaining stub
-
-
-class Policy(enum.IntEnum):
-    SINGLE = 1     # overwrite only the instruction at the point (the paper's)
-    DISPLACE = 2   # overwrite whole instructions covering the branch, relocate them
 
 
 @dataclass(frozen=True)
