@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from rig.errors import RigError
 from rig.gdb.batch import Batch, Pending
+from rig.gdb.memory import GuestMemory
 from rig.gdb.session import GdbSession
 from rig.guest.kernel_layout import TaskLayout, task_layout
 from rig.guest.machine import REPOSITORY_PHYS, REPOSITORY_SIZE
@@ -126,7 +127,7 @@ class GuestSnapshot:
 class Instrumenter:
     """Splice, unsplice and list splices in the guest behind ``gdb`` (an attached session)."""
 
-    def __init__(self, gdb: GdbSession, kernel: KernelBuild, layout: RepositoryLayout | None = None) -> None:
+    def __init__(self, gdb: GuestMemory, kernel: KernelBuild, layout: RepositoryLayout | None = None) -> None:
         self.gdb = gdb
         self.kernel = kernel
         self.image = load_image(kernel.vmlinux)

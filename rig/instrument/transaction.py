@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from rig.errors import RigError
 from rig.gdb.batch import Batch, Pending
-from rig.gdb.session import GdbSession
+from rig.gdb.memory import GuestMemory
 from rig.splicer import journal
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.repository import RepositoryLayout
@@ -49,7 +49,7 @@ class ExpectedBytesDiffer(RigError):
 class Transaction:
     """One all-or-nothing change: ``groups`` of writes in order, ``commit`` one of them."""
 
-    gdb: GdbSession
+    gdb: GuestMemory
     layout: RepositoryLayout
     operation: str
     groups: Sequence[Sequence[MemoryWrite]]
@@ -127,7 +127,7 @@ class _ReadBackDiffers(Exception):
         self.write = write
 
 
-def _write_checked(gdb: GdbSession, writes: Sequence[MemoryWrite], check: Sequence[MemoryWrite],
+def _write_checked(gdb: GuestMemory, writes: Sequence[MemoryWrite], check: Sequence[MemoryWrite],
                    before: Sequence[MemoryWrite] = (), then: Sequence[MemoryWrite] = ()) -> None:
     """Write ``writes`` in order and read ``check`` back in the same pipeline: each must hold what
     the writes so far (``before`` included) leave there; ``then`` is written after the read-back."""
@@ -145,7 +145,7 @@ def _write_checked(gdb: GdbSession, writes: Sequence[MemoryWrite], check: Sequen
             raise _ReadBackDiffers(write)
 
 
-def apply_writes(gdb: GdbSession, layout: RepositoryLayout, operation: str,
+def apply_writes(gdb: GuestMemory, layout: RepositoryLayout, operation: str,
                  groups: Sequence[Sequence[MemoryWrite]], commit: MemoryWrite | None = None) -> None:
     """(guest stopped) A whole transaction; ``commit`` defaults to the last write."""
     flat = [write for group in groups for write in group]
@@ -153,7 +153,7 @@ def apply_writes(gdb: GdbSession, layout: RepositoryLayout, operation: str,
 
 
 # ---- repair ---------------------------------------------------------------------------------
-def recover(gdb: GdbSession, layout: RepositoryLayout) -> journal.Repair | None:
+def recover(gdb: GuestMemory, layout: RepositoryLayout) -> journal.Repair | None:
     """(guest stopped) Finish a transaction a dead rig process left open; None if there is none.
 
     Raises when the journal cannot be honoured (its commit bytes are neither old nor new)."""
