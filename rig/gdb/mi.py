@@ -10,6 +10,7 @@ oldest unanswered command.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import select
@@ -22,6 +23,8 @@ from typing import Any
 from pygdbmi.gdbmiparser import parse_response
 
 from rig.errors import RigError
+
+log = logging.getLogger(__name__)
 
 # Result classes that end a command: ^done, ^running, ^connected, ^error, ^exit.
 _RESULT_CLASSES = frozenset({"done", "running", "connected", "error", "exit"})
@@ -128,6 +131,7 @@ class MiChannel:
             tokens.append(token)
             self._pending.append(MiResult(command, token, "", {}))
             data += f"{token}{command}\n".encode()
+            log.debug("gdb <- %d%.200s", token, command)  # %.200s: cut lazily, only when logged
         self._write_all(bytes(data), deadline or time.monotonic() + 10.0)
         return tokens
 
@@ -213,6 +217,7 @@ class MiChannel:
     def _handle_line(self, line: str) -> None:
         if not line or line.startswith("(gdb)"):
             return
+        log.debug("gdb -> %.200s", line)
         record = parse_memory_result(line) or parse_response(line)
         kind = record["type"]
         if kind == "result":

@@ -7,6 +7,7 @@ terminates and finally kills it, each step with a timeout; the context manager r
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ from rig.gdb.mi import GdbCommandError, GdbDied, GdbTimeout, MiChannel, MiResult
 from rig.gdb.stub import StubAddress
 
 _HEX_RE = re.compile(r"0x[0-9a-fA-F]+")
+log = logging.getLogger(__name__)
 
 
 class GdbSession:
@@ -106,6 +108,7 @@ class GdbSession:
         process, mi = self._process, self._mi
         if process is None:
             return
+        log.debug("gdb pid %d: detach, -gdb-exit, then terminate/kill if needed", process.pid)
         try:
             if mi is not None and process.poll() is None:
                 if self._stub is not None:

@@ -12,7 +12,9 @@ hangs off an empty QEMU hub, with no route to any network.
 """
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -26,6 +28,7 @@ from rig.guest.accel import Clock
 from rig.guest.protocol import GuestConsole, ReadyInfo
 from rig.splicer import repository
 
+log = logging.getLogger(__name__)
 MIB = 1 << 20
 # The component repository: physical 16-20 MiB, left out of the e820 map by
 # mem=exactmap so the kernel never allocates it, yet 2.4 still maps it in its
@@ -120,6 +123,7 @@ class QemuMachine:
                       self.config.console_log):
             stale.unlink(missing_ok=True)
         started = time.monotonic()
+        log.debug("qemu: %s", shlex.join(self.config.argv()))
         with self.config.qemu_log.open("wb") as qemu_log:
             # A session of its own: the guest may outlive this process (invoke boot).
             self._process = subprocess.Popen(self.config.argv(), stdin=subprocess.DEVNULL, stdout=qemu_log,
@@ -181,10 +185,12 @@ class QemuMachine:
         if self._process is not None:
             process, self._process = self._process, None
             if process.poll() is None:
+                log.debug("qemu pid %d: SIGTERM", pid)
                 process.terminate()
                 try:
                     process.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
+                    log.debug("qemu pid %d: still there after %.0f s, SIGKILL", pid, timeout)
                     process.kill()
                     process.wait(timeout=timeout)
         else:
@@ -232,6 +238,7 @@ def pid_is_qemu(pid: int) -> bool:
 def _stop_foreign(pid: int, timeout: float) -> None:
     """Stop a QEMU this process did not start (it is not our child: poll /proc)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
+        log.debug("qemu pid %d: %s", pid, sig.name)
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
