@@ -378,13 +378,13 @@ class Instrumenter:
     def _free_own_vector(self, snap: GuestSnapshot) -> OwnVector:
         """A vector whose gate is still exactly the kernel's ignore_int gate (from the prep stop's IDT)."""
         assert snap.idt is not None
-        probe = self._own_vector(0)
-        for vector in range(idt.FIRST_FREE_CANDIDATE, 256):
-            gate = snap.idt[vector * idt.GATE_SIZE:(vector + 1) * idt.GATE_SIZE]
-            if vector not in (idt.SYSCALL_VECTOR, snap.header.vector) and gate == probe.free_gate:
-                return self._own_vector(vector)
-        raise RigError("no free IDT vector for a trap splice of its own",
-                       hint="use the shared vector (--dispatch table) or undo other own-vector splices")
+        try:
+            vector = idt.find_free_vector(snap.idt, self.image.symbol("ignore_int").address, prefer=None,
+                                          exclude={snap.header.vector})
+        except RigError:
+            raise RigError("no free IDT vector for a trap splice of its own",
+                           hint="use the shared vector (--dispatch table) or undo other own-vector splices") from None
+        return self._own_vector(vector)
 
     @property
     def _int3_gate_address(self) -> int:

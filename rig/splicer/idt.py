@@ -5,6 +5,7 @@ Layout (Intel SDM vol. 3, 6.11): offset[15:0], selector, zero byte, P|DPL|0|type
 from __future__ import annotations
 
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from rig.errors import RigError
@@ -49,17 +50,19 @@ def make_trap_gate(handler: int, dpl: int = 0, selector: int = KERNEL_CS) -> Gat
 
 
 def find_free_vector(idt: bytes, ignore_int_addr: int, kernel_cs: int = KERNEL_CS,
-                     prefer: int = 0x81) -> int:
-    """A vector whose gate still points at the kernel's default ``ignore_int`` handler."""
+                     prefer: int | None = 0x81, exclude: Collection[int] = ()) -> int:
+    """A vector whose gate still points at the kernel's default ``ignore_int`` handler: ``prefer``
+    if it is free, else the lowest free one from 0x20 up (CPU exceptions, the system call vector
+    and ``exclude`` are never taken)."""
     count = len(idt) // GATE_SIZE
 
     def free(vector: int) -> bool:
-        if vector < FIRST_FREE_CANDIDATE or vector == SYSCALL_VECTOR or vector >= count:
+        if vector < FIRST_FREE_CANDIDATE or vector in (SYSCALL_VECTOR, *exclude) or vector >= count:
             return False
         gate = gate_at(idt, vector)
         return gate.present and gate.offset == ignore_int_addr and gate.selector == kernel_cs
 
-    if free(prefer):
+    if prefer is not None and free(prefer):
         return prefer
     for vector in range(FIRST_FREE_CANDIDATE, count):
         if free(vector):
