@@ -37,13 +37,25 @@ class Clock:
         return f"{self.accel}+icount(shift={self.icount_shift})" if self.icount_shift is not None else self.accel
 
     @property
+    def unit(self) -> str:
+        """What one TSC reading counts once divided by :attr:`tsc_per_unit` (reports name it so)."""
+        if self.icount_shift is not None:
+            return "guest instructions"
+        return "CPU cycles" if self.accel == "kvm" else "host TSC ticks"
+
+    @property
+    def tsc_per_unit(self) -> int:
+        """TSC ticks per :attr:`unit`: under -icount the TSC advances 2^shift per instruction."""
+        return 2 ** self.icount_shift if self.icount_shift is not None else 1
+
+    @property
     def meaning(self) -> str:
         if self.accel == "kvm":
-            return "real CPU cycles (hardware TSC under KVM)"
+            return f"real {self.unit} (hardware TSC under KVM)"
         if self.icount_shift is not None:
-            return (f"guest instructions executed x 2^{self.icount_shift} (TCG -icount: deterministic, "
+            return (f"{self.unit} executed x 2^{self.icount_shift} (TCG -icount: deterministic, "
                     f"not cycles)")
-        return "host TSC ticks while the emulator runs (TCG: wall-clock time of the emulation, not guest cycles)"
+        return f"{self.unit} while the emulator runs (TCG: wall-clock time of the emulation, not guest cycles)"
 
     @property
     def deterministic(self) -> bool:
