@@ -245,7 +245,8 @@ class Instrumenter:
         now = {task: (_u32(head.value[lay.next_task - low:][:4]), _u32(head.value[lay.thread_esp - low:][:4]))
                for task, head in reads.heads.items()}
         init = self.image.symbol("init_task_union").address
-        order, task = [], init
+        order: list[int] = []
+        task = init
         while task in now and len(order) <= len(now):
             order.append(task)
             task = now[task][0]
@@ -517,8 +518,9 @@ class Instrumenter:
             problems.append("a write journal is open (an interrupted change not yet repaired)")
         allowed = [ByteRange(r.point, r.window_length) for _, r in live]
         allowed += [ByteRange(b.address, len(b.original)) for _, r in live for b in r.springboards]
-        differ = [start + i for i, (a, b) in enumerate(zip(guest_text.value, built))
-                  if a != b and not any(start + i in span for span in allowed)]
+        differ = [] if guest_text.value == built else [  # the byte walk only where something differs
+            start + i for i, (a, b) in enumerate(zip(guest_text.value, built))
+            if a != b and not any(start + i in span for span in allowed)]
         for start, end in _runs(differ):
             where = self._where(start)
             problems.append(f"kernel text {start:#x}-{end:#x} ({where}) differs from vmlinux")

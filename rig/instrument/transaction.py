@@ -56,6 +56,7 @@ class Transaction:
     commit: MemoryWrite
     _old: list[Pending[bytes]] = field(default_factory=list, init=False)
     _journal_header: Pending[bytes] | None = field(default=None, init=False)
+    _sequence: int = field(default=1, init=False)  # one more than the last transaction's: ties a journal to its run
 
     def __post_init__(self) -> None:
         self.groups = [list(group) for group in self.groups if group]
@@ -78,6 +79,7 @@ class Transaction:
         if state is not None and state.open:
             raise RigError("an earlier rig command left a change half-done in the guest (its journal is open)",
                            hint="run any invoke command that attaches (e.g. invoke splices): it repairs it first")
+        self._sequence = (state.sequence + 1) & 0xFFFFFFFF if state is not None else 1
         for write, old in zip(self.writes, self._old):
             if write.expect is not None and old.value[:len(write.expect)] != write.expect:
                 raise ExpectedBytesDiffer(write, old.value[:len(write.expect)])
@@ -86,7 +88,8 @@ class Transaction:
         """Journal, then each group written and read back; the journal marked idle last."""
         writes = self.writes
         old = [pending.value for pending in self._old]
-        entry = journal.entry_for(self.operation, writes, old, next(i for i, w in enumerate(writes) if w is self.commit))
+        commit = next(i for i, w in enumerate(writes) if w is self.commit)
+        entry = journal.entry_for(self.operation, writes, old, commit, self._sequence)
         payload, header = journal.encode(entry)
         log.debug("%s: %d write(s) in %d group(s), commit %s", self.operation, len(writes), len(self.groups),
                   self.commit.role)
@@ -117,7 +120,7 @@ class Transaction:
 
     def _roll_back(self, entry: journal.JournalEntry) -> None:
         undo = [MemoryWrite(w.address, w.old, w.role) for w in reversed(entry.writes)]
-        _write_checked(self.gdb, undo, check=undo)
+        _write_back(self.gdb, undo, entry.operation)
         self.gdb.write_memory(self.layout.journal, journal.idle_header(entry.sequence))
 
 
@@ -171,6 +174,16 @@ def recover(gdb: GuestMemory, layout: RepositoryLayout) -> journal.Repair | None
     if repair.direction is journal.Direction.LOST:
         raise RigError(repair.summary(),
                        hint="something else changed the guest there; reboot it (invoke halt; invoke boot)")
-    _write_checked(gdb, repair.writes, check=repair.writes)
+    _write_back(gdb, repair.writes, entry.operation)
     gdb.write_memory(layout.journal, journal.idle_header(state.sequence))
     return repair
+
+
+def _write_back(gdb: GuestMemory, writes: Sequence[MemoryWrite], operation: str) -> None:
+    """A repair's writes, read back; if even those do not stick the journal stays open."""
+    try:
+        _write_checked(gdb, writes, check=writes)
+    except _ReadBackDiffers as differs:
+        raise RigError(f"repairing '{operation}': {differs.write.role} at {differs.write.address:#x} does not "
+                       "read back as written; the change stays recorded as half-done",
+                       hint="the guest memory there is not writable; reboot the guest (invoke halt; invoke boot)") from None

@@ -8,6 +8,7 @@ image targets it — so nothing ever executes it and a springboard can live ther
 from __future__ import annotations
 
 import bisect
+import functools
 
 import capstone
 from capstone import x86_const as x86
@@ -46,6 +47,7 @@ def is_padding(data: bytes, address: int) -> bool:
     return covered == len(data)
 
 
+@functools.cache  # pure, and asked for on every splice: one image's gaps never change
 def padding_gaps(image: KernelImage, section: str = ".text") -> list[PaddingGap]:
     sec = image.section(section)
     targets = sorted(image_flow_facts(image).targets)
