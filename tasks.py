@@ -339,11 +339,9 @@ def bench(c, table1=False, fig4=False, fig5=False, n=None, runs=None, icount=Tru
     from rig.bench import render as bench_render
     from rig.bench import run as bench_run
 
-    everything = not (table1 or fig4 or fig5)
-    options = bench_run.BenchOptions(table1=everything or table1, fig4=everything or fig4, fig5=everything or fig5,
-                                     n=cli_args.whole(n, "n", 1) or bench_run.DEFAULT_N,
-                                     runs=cli_args.whole(runs, "runs", 1) or bench_run.DEFAULT_RUNS,
-                                     accel=accel, icount=icount, counter_rows=counter)
+    switches = [name for name, given in (("table1", table1), ("fig4", fig4), ("fig5", fig5)) if given]
+    options = bench_run.cli_options(switches=switches, n=cli_args.whole(n, "n", 1),
+                                    runs=cli_args.whole(runs, "runs", 1), accel=accel, icount=icount, counter=counter)
     with Progress(TextColumn("[bold]{task.fields[phase]:<22}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TextColumn("[dim]{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("bench", total=bench_run.planned_steps(options), phase="", detail="")

@@ -8,15 +8,8 @@ import capstone
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from rig.bench.fig4 import (
-    LINUX_24_BUG_DATA_BYTES,
-    PAPER_OBJECTS,
-    function_ranges,
-    histogram_buckets,
-    length_distribution,
-    merge_all,
-    plot_fig4,
-)
+from rig.bench.fig4 import PAPER_OBJECTS, histogram_buckets, plot_fig4
+from rig.bench.lengths import LINUX_24_BUG_DATA_BYTES, function_ranges, length_distribution, merge_all
 from rig.errors import RigError
 from ccode import PLAIN_FLAGS, compile_c
 

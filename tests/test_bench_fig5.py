@@ -1,4 +1,4 @@
-"""Fig. 5 cost model, fed with instruction lengths of code compiled here with gcc -m32 -O2."""
+"""The Fig. 5 cost model, fed with instruction lengths of code compiled here with gcc -m32 -O2."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.bench.fig4 import length_distribution
-from rig.bench.fig5 import (
+from rig.bench.cost_model import (
     CHAIN,
     DEFAULT_OFFSETS,
     GILK,
@@ -16,9 +15,10 @@ from rig.bench.fig5 import (
     CostSet,
     chain_hops,
     length_probabilities,
-    plot_fig5,
     simulate,
 )
+from rig.bench.fig5 import plot_fig5
+from rig.bench.lengths import length_distribution
 from rig.errors import RigError
 from ccode import PLAIN_FLAGS, compile_c
 

@@ -7,20 +7,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from rig.bench.fig4 import length_distribution, plot_fig4
-from rig.bench.fig5 import CostSet, plot_fig5, simulate
+from rig.bench.cost_model import CostSet, simulate
+from rig.bench.fig4 import fig4_table, plot_fig4
+from rig.bench.fig5 import fig5_table, plot_fig5
+from rig.bench.lengths import length_distribution
 from rig.bench.provenance import Provenance, elf_build_id
-from rig.bench.report import (
-    Section,
-    Table,
-    fig4_rich,
-    fig4_table,
-    fig5_table,
-    new_run_dir,
-    read_json,
-    write_json,
-    write_report,
-)
+from rig.bench.render import rich_table, terminal_tables
+from rig.bench.report import new_run_dir, read_json, write_json, write_report
+from rig.bench.sections import Section, Table, merged
 from rig.errors import RigError
 from ccode import PLAIN_FLAGS, compile_c
 
@@ -102,6 +96,31 @@ def test_terminal_table_shows_numbers_and_provenance(obj: Path) -> None:
     dist = length_distribution(obj)
     prov = Provenance.collect(accelerator="none", clock_meaning="instruction counts", n=1)
     console = Console(file=io.StringIO(), width=250, record=True)
-    console.print(fig4_rich([dist], prov))
+    console.print(rich_table(fig4_table([dist]), prov))
     text = console.export_text()
     assert "lib.o" in text and str(dist.total_instructions) in text and prov.date_iso in text
+
+
+def test_prose_columns_stay_in_the_markdown_and_leave_the_terminal_to_the_notes(obj: Path, tmp_path: Path) -> None:
+    result = simulate(length_distribution(obj).counts, seed=5)
+    prov = Provenance.collect(accelerator="none (model)", clock_meaning="relative cost", n=result.trials)
+    table = fig5_table(result)
+    verdicts = [curve.verdict for curve in result.curves]
+    section = Section("Fig. 5", prov, [table], notes=verdicts)
+    report = write_report(new_run_dir(tmp_path), "t", [section]).read_text()
+    assert "paper's conclusion" in report and all(report.count(v) == 2 for v in verdicts)  # cell and note
+    [(shown, _, notes)] = terminal_tables([section])
+    assert [column.header for column in shown.columns] == table.header[:-1] and notes == verdicts
+    with pytest.raises(RigError):
+        Table("bad", ["a"], [[1]], prose_columns=(1,))
+
+
+def test_sections_of_one_slot_are_shown_as_one() -> None:
+    prov = Provenance.collect(accelerator="tcg", clock_meaning="ticks", n=1)
+    table1 = Section("Table 1 — tcg", prov, [Table("t1", ["a"], [[1]])], notes=["t1 note"], slot="guest tcg")
+    alone = Section("Fig. 4", prov, [Table("f4", ["a"], [[2]])])
+    latency = Section("Splice latency — tcg", prov, [Table("lat", ["a"], [[3]])], slot="guest tcg")
+    shown = merged([table1, alone, latency])
+    assert [s.title for s in shown] == ["Table 1 — tcg", "Fig. 4"]
+    assert [t.caption for t in shown[0].tables] == ["t1", "lat"] and shown[0].notes == ["t1 note"]
+    assert [t.caption for t in table1.tables] == ["t1"]  # the parts' own sections are left as they were

@@ -1,4 +1,4 @@
-"""Table 1 on real booted guests: JSON structure and the invariants that must hold (no timings).
+"""Table 1 on real booted guests: the result's structure and the invariants that must hold (no timings).
 
 Two fresh guests under TCG ``-icount`` (the TSC counts guest instructions) must give identical
 figures; every spliced path costs at least its unspliced baseline; floors lie below the splices
@@ -7,7 +7,6 @@ they bound; and everything the bench wrote into the guest is undone.
 from __future__ import annotations
 
 import shutil
-from typing import Any
 
 import capstone
 import pytest
@@ -28,7 +27,10 @@ RUNS = 2
 SHIFT = 3
 
 
-def _measure_fresh_boot(prepared: lifecycle.PreparedGuest) -> tuple[dict[str, Any], dict[str, bytes]]:
+Measured = tuple[table1.Table1Result, dict[str, bytes]]
+
+
+def _measure_fresh_boot(prepared: lifecycle.PreparedGuest) -> Measured:
     """Table 1 in a guest of its own; also the guest bytes the bench must leave as it found them."""
     run_dir = private_run_dir()
     try:
@@ -42,7 +44,7 @@ def _measure_fresh_boot(prepared: lifecycle.PreparedGuest) -> tuple[dict[str, An
                 with instr.gdb.stopped():
                     after = {
                         "text": instr.gdb.read_memory(getpid.address, getpid.size),
-                        "gate": instr.gdb.read_memory(idt_base + result["floors"]["vector"] * 8, 8),
+                        "gate": instr.gdb.read_memory(idt_base + result.floors.vector * 8, 8),
                         "scratch": instr.gdb.read_memory(RepositoryLayout().bench_scratch, floors.ARRAYS_OFFSET),
                     }
                 _, active = instr.active()
@@ -59,60 +61,73 @@ def icount_prepared(kernel: KernelBuild) -> lifecycle.PreparedGuest:
 
 
 @pytest.fixture(scope="module")
-def icount_twice(icount_prepared: lifecycle.PreparedGuest) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+def icount_twice(icount_prepared: lifecycle.PreparedGuest) -> list[Measured]:
     return [_measure_fresh_boot(icount_prepared) for _ in range(2)]
 
 
-def _rows(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {row["key"]: row for row in result["rows"]}
+def _rows(result: table1.Table1Result) -> dict[str, table1.Row]:
+    return {row.key: row for row in result.rows}
 
 
-def test_json_structure(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
+def _splice(row: table1.Row) -> table1.SpliceFacts:
+    assert row.splice is not None, row.key
+    return row.splice
+
+
+def test_result_structure(icount_twice: list[Measured]) -> None:
     result, _ = icount_twice[0]
     rows = _rows(result)
     expected = {"baseline", "jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3", "trap", "trap-own", "int3",
                 *(f"floor-{f}" for f in floors.FLOORS)}
     assert set(rows) == expected
-    for row in result["rows"]:
-        assert len(row["runs"]) == RUNS and all(run["n"] == N for run in row["runs"])
-        assert set(STATS) <= set(row["stats"])
-        assert row["stats"]["min"] <= row["stats"]["median"] <= row["stats"]["max"]
-    assert rows["jmp"]["hops"] == 1 and rows["trap"]["mode"] == "trap" and rows["int3"]["mode"] == "int3"
+    for row in result.rows:
+        assert len(row.runs) == RUNS and all(run["n"] == N for run in row.runs)
+        assert set(STATS) <= set(row.stats)
+        assert row.stats["min"] <= row.stats["median"] <= row.stats["max"]
+    assert _splice(rows["jmp"]).hops == 1 and _splice(rows["trap"]).mode == "trap"
+    assert _splice(rows["int3"]).mode == "int3"
     for k in (1, 2, 3):
-        assert rows[f"jmp-sb{k}"]["hops"] == k + 1 and len(rows[f"jmp-sb{k}"]["springboards"]) == k
-    assert rows["jmp"]["relative"]["median"] == 1.0
-    assert result["paper"]["jmp_cycles"] == 84.0012
+        assert _splice(rows[f"jmp-sb{k}"]).hops == k + 1 and len(_splice(rows[f"jmp-sb{k}"]).springboards) == k
+    assert rows["jmp"].relative is not None and rows["jmp"].relative["median"] == 1.0
+    # bench.json keeps the rows' facts flat, as before the results were typed
+    as_json = {row["key"]: row for row in result.to_json()["rows"]}
+    assert as_json["jmp"]["hops"] == 1 and as_json["trap"]["mode"] == "trap" and "hops" not in as_json["baseline"]
+    assert result.to_json()["paper"]["jmp_cycles"] == 84.0012
+    ratios = result.to_json()["summary"]["min"]
+    assert set(ratios) == {"trap_to_jmp", "trap_own_to_jmp", "trap_to_int_floor", "trap_own_to_int_floor",
+                           "jmp_to_jmp_far_floor"} and None not in ratios.values()
 
 
-def test_icount_boots_are_identical(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
+def test_icount_boots_are_identical(icount_twice: list[Measured]) -> None:
     """Established experimentally: at shift 3 every per-run statistic (min, median, mean, p95, max)
     of every row repeats exactly in a second boot (no timer interrupt lands in a timed call)."""
     (first, _), (second, _) = icount_twice
-    for a, b in zip(first["rows"], second["rows"]):
-        assert a["key"] == b["key"]
-        assert [{s: r[s] for s in STATS} for r in a["runs"]] == [{s: r[s] for s in STATS} for r in b["runs"]], a["key"]
+    for a, b in zip(first.rows, second.rows):
+        assert a.key == b.key
+        assert [{s: r[s] for s in STATS} for r in a.runs] == [{s: r[s] for s in STATS} for r in b.runs], a.key
+    assert all(first.identical_across_runs.values())
 
 
-def test_every_spliced_path_costs_at_least_the_baseline(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
+def test_every_spliced_path_costs_at_least_the_baseline(icount_twice: list[Measured]) -> None:
     result, _ = icount_twice[0]
     rows = _rows(result)
-    base = rows["baseline"]["stats"]["min"]
+    base = rows["baseline"].stats["min"]
     for key in ("jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3", "trap"):
-        assert rows[key]["stats"]["min"] > base, key
+        assert rows[key].stats["min"] > base, key
     # each extra springboard executes one more jmp: strictly more instructions
-    chain = [rows[k]["stats"]["min"] for k in ("jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3")]
+    chain = [rows[k].stats["min"] for k in ("jmp", "jmp-sb1", "jmp-sb2", "jmp-sb3")]
     assert chain == sorted(set(chain))
 
 
-def test_floors_lie_below_their_splices(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]]) -> None:
+def test_floors_lie_below_their_splices(icount_twice: list[Measured]) -> None:
     result, _ = icount_twice[0]
-    rows = _rows(result)
-    assert 0 < rows["floor-int"]["overhead"]["min"] < rows["trap"]["overhead"]["min"]
-    assert 0 < rows["floor-jmp-far"]["overhead"]["min"] <= rows["jmp"]["overhead"]["min"]
-    assert 0 < rows["floor-jmp"]["overhead"]["min"] <= rows["floor-jmp-far"]["overhead"]["min"]
+    overhead = {key: row.overhead["min"] for key, row in _rows(result).items() if row.overhead is not None}
+    assert 0 < overhead["floor-int"] < overhead["trap"]
+    assert 0 < overhead["floor-jmp-far"] <= overhead["jmp"]
+    assert 0 < overhead["floor-jmp"] <= overhead["floor-jmp-far"]
 
 
-def test_bench_leaves_the_guest_as_it_found_it(icount_twice: list[tuple[dict[str, Any], dict[str, bytes]]],
+def test_bench_leaves_the_guest_as_it_found_it(icount_twice: list[Measured],
                                                kernel: KernelBuild) -> None:
     image = instrument.load_image(kernel.vmlinux)
     getpid = image.function(table1.FUNCTION)
@@ -147,5 +162,5 @@ def test_default_tcg_clock_structure(guest: QemuMachine, instrumenter: Instrumen
     assert not active
     rows = _rows(result)
     assert {"baseline", "jmp", "jmp-sb1", "trap", "floor-int"} <= set(rows)
-    assert all(row["runs"][0]["n"] == N for row in result["rows"] if row["kind"] == "path")
-    assert set(result["summary"]) == {"min", "median"}
+    assert all(row.runs[0]["n"] == N for row in result.rows if row.kind == table1.PATH)
+    assert set(result.summary) == {"min", "median"}

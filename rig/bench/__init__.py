@@ -1,2 +1,3 @@
-"""The benchmark behind ``invoke bench``: Table 1 measured in booted guests, Fig. 4 and the hop
-census from the built kernel, the Fig. 5 cost model, and the report (provenance, tables, figures)."""
+"""The benchmark behind ``invoke bench``: its parts (Table 1, splice latency, Fig. 4, the hop
+census, Fig. 5) are one module each, registered in :mod:`rig.bench.registry` and composed by
+:mod:`rig.bench.run` into one report (provenance, tables, figures)."""

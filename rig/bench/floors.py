@@ -25,12 +25,20 @@ statistics. Scratch layout (offsets from ``layout.bench_scratch``):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import iced_x86 as ix
 
+from rig.bench.stats import summarize
+from rig.errors import RigError
+from rig.guest.machine import QemuMachine
+from rig.instrument import Instrumenter
+from rig.instrument.transaction import apply_writes
+from rig.splicer import idt
 from rig.splicer.memory import MemoryWrite
-from rig.splicer.repository import BENCH_SCRATCH_SIZE, RepositoryLayout
+from rig.splicer.plan import PatchKind
+from rig.splicer.repository import BENCH_SCRATCH_SIZE, Mode, Policy, RepositoryLayout
 
 FLOORS = ("null", "jmp", "jmp-far", "int")
 INDEX_OFFSET = 0x0
@@ -160,3 +168,68 @@ def reset_bytes(s: SamplerLayout) -> bytes:
 
 def decode_samples(s: SamplerLayout, raw: bytes, count: int) -> list[int]:
     return [int.from_bytes(raw[i * 4:i * 4 + 4], "little") for i in range(count)]
+
+
+@dataclass(frozen=True)
+class FloorSampler:
+    """Where the sampler ran: its floor vector, entry, iret stub and the splice that called it."""
+
+    vector: int
+    sampler: int
+    iret_stub: int
+    hook: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FloorSamples:
+    runs: dict[str, list[dict[str, int]]]  # floor -> one summary (rig.bench.stats) per run
+    sampler: FloorSampler
+
+
+def measure(machine: QemuMachine, instr: Instrumenter, n: int, runs: int, function: str,
+            guest_timeout_s: float) -> FloorSamples:
+    """Install the sampler, hook it into ``function`` (a getpid path), let the guest run
+    ``bench getpid n`` ``runs`` times and read the samples back; everything undone after."""
+    instr.prep()  # installs the repository (and checks its memory is reserved) if not yet there
+    sampler = SamplerLayout.of(instr.layout, n)
+    gdb = instr.gdb
+    idt_base = instr.image.symbol("idt_table").address
+    with gdb.stopped():
+        table = gdb.read_memory(idt_base, 256 * idt.GATE_SIZE)
+        vector = idt.find_free_vector(table, instr.image.symbol("ignore_int").address, prefer=0x82)
+        old_gate = table[vector * idt.GATE_SIZE:(vector + 1) * idt.GATE_SIZE]
+        gate = MemoryWrite(idt_base + vector * idt.GATE_SIZE, idt.make_trap_gate(sampler.iret_stub).encode(),
+                           "floor-gate", expect=old_gate)
+        apply_writes(gdb, instr.layout, "install the bench's floor sampler",
+                     [install_writes(sampler, vector), [gate]])
+    samples: dict[str, list[dict[str, int]]] = {floor: [] for floor in FLOORS}
+    spliced = None
+    try:
+        spliced = instr.splice(function, mode=Mode.JMP, policy=Policy.SINGLE, patch_kind=PatchKind.CALL,
+                               call_target=sampler.entry)
+        for _ in range(runs):
+            with gdb.stopped():
+                apply_writes(gdb, instr.layout, "reset the floor sampler",
+                             [[MemoryWrite(sampler.index, reset_bytes(sampler), "floor-index")]])
+            machine.console.request(f"bench getpid {n}", timeout=guest_timeout_s)
+            with gdb.stopped():
+                taken = int.from_bytes(gdb.read_memory(sampler.index, 4), "little")
+                raws = gdb.read_many([(sampler.array(f), 4 * taken) for f in FLOORS])
+            if taken < n:
+                raise RigError(f"the floor sampler ran {taken} times for {n} getpid calls",
+                               hint="the sampler splice did not stay in place; reboot the guest")
+            for floor, raw in zip(FLOORS, raws):
+                samples[floor].append(summarize(decode_samples(sampler, raw, taken)))
+    finally:
+        if spliced is not None:
+            instr.unsplice(spliced.plan.slot)
+        with gdb.stopped():
+            gate_back = MemoryWrite(idt_base + vector * idt.GATE_SIZE, old_gate, "floor-gate")
+            apply_writes(gdb, instr.layout, "remove the bench's floor sampler",
+                         [[gate_back], [MemoryWrite(sampler.base, bytes(ARRAYS_OFFSET), "floor-sampler")]],
+                         commit=gate_back)
+    return FloorSamples(samples, FloorSampler(vector, sampler.entry, sampler.iret_stub,
+                                              f"jmp/call splice at {function}+0"))
