@@ -1,0 +1,106 @@
+"""The bench's import graph, read from the source with ast (every import, also those under
+TYPE_CHECKING or inside functions): no cycles among rig.bench's modules, rig.bench leans only on
+the rig's lower layers, and nothing in the rig imports rig.bench (tasks.py and tests do)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+RIG = Path(__file__).resolve().parent.parent / "rig"
+BENCH = "rig.bench"
+# What rig.bench may import from the rig besides itself.
+ALLOWED_BELOW = ("rig.instrument", "rig.session", "rig.guest", "rig.splicer", "rig.kernel", "rig.errors", "rig.paths")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(RIG.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(RIG.rglob("*.py"))}
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Modules of the rig ``path`` imports: ``from a import b`` counts as a.b when that is a module."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in known)
+    return {module for module in found if module == "rig" or module.startswith("rig.")}
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's components of ``graph`` (edges to nodes outside it are ignored)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node] & graph.keys()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return components
+
+
+def bench_graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {name: imports_of(path, set(modules)) for name, path in modules.items()
+            if name == BENCH or name.startswith(BENCH + ".")}
+
+
+def test_the_checker_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert sorted(strongly_connected(graph)) == [["a", "b", "c"], ["d"], ["e"]]
+
+
+def test_no_import_cycles_in_the_bench() -> None:
+    graph = bench_graph()
+    assert len(graph) > 10
+    cycles = [c for c in strongly_connected(graph) if len(c) > 1 or c[0] in graph[c[0]]]
+    assert not cycles, f"import cycles among rig.bench modules: {cycles}"
+
+
+def test_the_bench_leans_only_on_lower_layers() -> None:
+    outside = {module for imports in bench_graph().values() for module in imports
+               if not (module == BENCH or module.startswith(BENCH + "."))}
+    stray = sorted(m for m in outside if m != "rig" and not any(m == a or m.startswith(a + ".") for a in ALLOWED_BELOW))
+    assert not stray, f"rig.bench imports {stray}"
+
+
+def test_nothing_in_the_rig_imports_the_bench() -> None:
+    modules = all_modules()
+    users = sorted(name for name, path in modules.items()
+                   if not (name == BENCH or name.startswith(BENCH + "."))
+                   and any(m == BENCH or m.startswith(BENCH + ".") for m in imports_of(path, set(modules))))
+    assert not users, f"{users} import rig.bench (only tasks.py and the tests may)"
