@@ -16,9 +16,9 @@ from invoke_cli import run_invoke
 from rich.console import Console
 
 from rig import adapt, paths, preflight
-from rig.bench import fig4, render, report
+from rig.bench import fig4, hops, lengths, render, sections
+from rig.bench.part import STATIC_ANALYSIS
 from rig.bench.provenance import Provenance
-from rig.bench.run import hop_census_cached
 from rig.instrument.components import compile_component, parse_value, source_path
 from rig.errors import Refused, RigError
 from rig.guest.machine import QemuMachine
@@ -269,31 +269,31 @@ def _rendered_words(tables: list, width: int) -> tuple[str, list[str]]:
     return text, text.translate(borders).split()
 
 
-def _source_words(table: report.Table, provenance: Provenance) -> set[str]:
+def _source_words(table: sections.Table, provenance: Provenance) -> set[str]:
     words = set(table.caption.split()) | set(provenance.summary().split())
     for cell in [*table.header, *(c for row in table.rows for c in row)]:
-        words |= set(report._cell(cell).split())
+        words |= set(sections.cell_text(cell).split())
     continued = {"(continued,", "part", "of"} | {f"{n}" for n in range(2, 6)} | {f"{n})" for n in range(2, 6)}
     return words | continued  # the title of a table's later parts
 
 
 @pytest.fixture(scope="module")
-def real_sections(kernel: KernelBuild) -> list[report.Section]:
+def real_sections(kernel: KernelBuild) -> list[sections.Section]:
     """The bench's static sections on the real kernel: the hop census (its refusals column broke
     mid-word at 80 columns) and Fig. 4."""
-    census = hop_census_cached(kernel)
-    prov = Provenance.collect(accelerator=render.STATIC, clock_meaning="instruction boundaries", n=1,
+    census = hops.census_cached(kernel)
+    prov = Provenance.collect(accelerator=STATIC_ANALYSIS, clock_meaning="instruction boundaries", n=1,
                               kernel_build_id=kernel.build_id)
-    dists = [fig4.length_distribution(kernel.object(o), name=Path(o).name) for o in fig4.PAPER_OBJECTS]
-    return [report.Section("hops", prov, [render.hops_table(census)], notes=["census"]),
-            report.Section("fig4", prov, [report.fig4_table(dists)])]
+    dists = [lengths.length_distribution(kernel.object(o), name=Path(o).name) for o in fig4.PAPER_OBJECTS]
+    return [sections.Section("hops", prov, [hops.hops_table(census)], notes=["census"]),
+            sections.Section("fig4", prov, [fig4.fig4_table(dists)])]
 
 
 @pytest.mark.parametrize("width", [80, 100, 60])
-def test_bench_tables_split_no_word_in_a_narrow_terminal(real_sections: list[report.Section], width: int) -> None:
+def test_bench_tables_split_no_word_in_a_narrow_terminal(real_sections: list[sections.Section], width: int) -> None:
     for section in real_sections:
         [table] = section.tables
-        assert section.title != "hops" or "no-springboard-route:" in report._cell(table.rows[-1][-1])
+        assert section.title != "hops" or "no-springboard-route:" in sections.cell_text(table.rows[-1][-1])
         parts = [t for t, _, _ in render.terminal_tables([section], width=width)]
         text, words = _rendered_words(parts, width)
         allowed = _source_words(table, section.provenance)
@@ -301,11 +301,11 @@ def test_bench_tables_split_no_word_in_a_narrow_terminal(real_sections: list[rep
         assert not broken, f"words split at width {width}: {broken[:10]}\n{text}"
         assert max(len(line) for line in text.splitlines()) <= width
         for cell in (c for row in table.rows for c in row):  # every value is shown, whole
-            assert all(word in words for word in report._cell(cell).split()), cell
+            assert all(word in words for word in sections.cell_text(cell).split()), cell
         assert render.terminal_tables([section], width=width)[-1][2] == section.notes
 
 
-def test_the_refusals_column_broke_words_before(real_sections: list[report.Section]) -> None:
+def test_the_refusals_column_broke_words_before(real_sections: list[sections.Section]) -> None:
     """The same check on rich's own layout (no width given): it does split words at 80 columns."""
     section = real_sections[0]
     parts = [t for t, _, _ in render.terminal_tables([section])]

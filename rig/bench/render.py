@@ -98,10 +98,3 @@ def _spread(mins: list[int], maxs: list[int], room: int) -> list[int]:
         widths[i] += grant
         spare -= grant
     return widths
-
-
-# Transitional: tests/test_bad_input.py still reaches these here (see rig.bench.hops and rig.bench.part).
-from rig.bench import hops as _hops, part as _part  # noqa: E402
-
-hops_table = _hops.hops_table
-STATIC = _part.STATIC_ANALYSIS

@@ -76,10 +76,3 @@ def write_report(run_dir: Path, title: str, sections: Sequence[Section]) -> Path
     path = Path(run_dir) / "report.md"
     path.write_text("\n".join(body))
     return path
-
-
-# Transitional: tests/test_bad_input.py still reaches these here (see rig.bench.fig4 and rig.bench.sections).
-from rig.bench import fig4 as _fig4  # noqa: E402
-
-fig4_table = _fig4.fig4_table
-_cell = cell_text

@@ -120,9 +120,3 @@ def run(options: BenchOptions, note: Note | None = None) -> BenchRun:
     data["seconds_with_report"] = round(time.monotonic() - started, 2)
     report.write_json(run_dir, "bench", data)
     return BenchRun(run_dir, data, results, sections, data["seconds_with_report"])
-
-
-# Transitional: tests/test_bad_input.py still reaches the census here (see rig.bench.hops).
-from rig.bench import hops as _hops  # noqa: E402
-
-hop_census_cached = _hops.census_cached
