@@ -1,6 +1,6 @@
-"""The bench's import graph, read from the source with ast (every import, also those under
-TYPE_CHECKING or inside functions): no cycles among rig.bench's modules, rig.bench leans only on
-the rig's lower layers, and nothing in the rig imports rig.bench (tasks.py and tests do)."""
+"""The rig's import graph, read from the source with ast (every import, also those under
+TYPE_CHECKING or inside functions): no cycles anywhere, every module imports only its own layer
+or lower ones (README: "Layers"), and nothing in the rig imports rig.bench (tasks.py and tests do)."""
 from __future__ import annotations
 
 import ast
@@ -104,3 +104,56 @@ def test_nothing_in_the_rig_imports_the_bench() -> None:
                    if not (name == BENCH or name.startswith(BENCH + "."))
                    and any(m == BENCH or m.startswith(BENCH + ".") for m in imports_of(path, set(modules))))
     assert not users, f"{users} import rig.bench (only tasks.py and the tests may)"
+
+
+# Lowest first; a module may import its own layer and the ones before it. The first matching
+# prefix decides a module's layer.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("base", ("rig.errors", "rig.paths", "rig.tools")),
+    ("pure", ("rig.splicer", "rig.kernel")),
+    ("io", ("rig.gdb", "rig.guest")),
+    ("instrument", ("rig.instrument",)),
+    ("compose", ("rig.session", "rig.adapt", "rig.bench")),
+    ("cli", ("rig.ui", "rig.component_ui", "rig.cli_args", "rig.preflight")),
+)
+
+
+def layer_of(module: str) -> int:
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS (and to the README's picture)")
+
+
+def rig_graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {name: imports_of(path, set(modules)) - {"rig"} for name, path in modules.items() if name != "rig"}
+
+
+def test_no_import_cycles_in_the_rig() -> None:
+    graph = rig_graph()
+    cycles = [c for c in strongly_connected(graph) if len(c) > 1 or c[0] in graph[c[0]]]
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_every_module_imports_only_its_layer_or_lower() -> None:
+    upward = sorted(f"{module} ({LAYERS[layer_of(module)][0]}) -> {target} ({LAYERS[layer_of(target)][0]})"
+                    for module, targets in rig_graph().items() for target in targets
+                    if layer_of(target) > layer_of(module))
+    assert not upward, "imports up the layers: " + "; ".join(upward)
+
+
+def test_guest_memory_is_written_from_one_module_outside_gdb() -> None:
+    """Every write into the guest goes through the journaled transaction (rig.instrument.transaction):
+    no other module outside rig.gdb calls a write of the gdb session or of a batch."""
+    writers = {"write_memory", "write_many", "write"}
+    found = set()
+    for name, path in all_modules().items():
+        if name.startswith("rig.gdb"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in writers:
+                receiver = ast.unparse(node.func.value)
+                if node.func.attr != "write" or "batch" in receiver:
+                    found.add(name)
+    assert found == {"rig.instrument.transaction"}, found
