@@ -16,7 +16,7 @@ from rig.instrument.components import source_path as component_source
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.kernel import build as kernel_build
-from rig.splicer.repository import Mode
+from rig.splicer.kinds import Mode
 from rig.ui import console, reports_errors
 from rich.text import Text
 

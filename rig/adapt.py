@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rig.instrument.components import ComponentManager, ParamSet, compile_component, parse_value, source_path
 from rig.errors import RigError
 from rig.guest.protocol import Event, parse_line
+from rig.instrument.components import ComponentManager, ParamSet, compile_component, parse_value, source_path
 from rig.splicer.component import ComponentObject, Param
-from rig.splicer.repository import Mode
+from rig.splicer.kinds import Mode
 
 COMPONENT = "mss_adapt"
 FUNCTION = "tcp_sync_mss"

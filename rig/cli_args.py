@@ -15,8 +15,7 @@ from typing import TypeVar
 from invoke.exceptions import ParseError
 
 from rig.errors import RigError
-from rig.splicer.plan import PatchKind
-from rig.splicer.repository import Mode, Policy
+from rig.splicer.kinds import Mode, PatchKind, Policy
 
 E = TypeVar("E", bound=enum.Enum)
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from rig import adapt
-from rig.instrument.components import CompileFailed, ComponentManager, compile_component
 from rig.guest.machine import QemuMachine
+from rig.instrument.components import CompileFailed, ComponentManager, compile_component
 from rig.kernel.build import KernelBuild
 from rig.splicer import component_table as ctab
 from rig.splicer.component import ComponentObject, ComponentRefused, link
-from rig.splicer.repository import Mode
+from rig.splicer.kinds import Mode
 
 FUNCTION = "tcp_sync_mss"
 PPM = 1_000_000

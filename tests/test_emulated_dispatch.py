@@ -35,11 +35,13 @@ from rig.errors import RigError
 from rig.splicer import idt
 from rig.splicer.analysis import FunctionCode, Instruction, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage, PaddingGap
+from rig.splicer.kinds import Mode, Policy, SpliceRefused
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.padding import padding_gaps
-from rig.splicer.plan import OwnVector, SplicePlan, SpliceRefused, plan_splice, undo_writes
-from rig.splicer.repository import (HANDLER_MAX, SLOT_RECORD_SIZE, Mode, Policy, RepositoryLayout, SlotRecord,
-                                    decode_slot, install_writes)
+from rig.splicer.modes import OwnVector
+from rig.splicer.plan import SplicePlan, plan_splice, undo_writes
+from rig.splicer.repository import (HANDLER_MAX, SLOT_RECORD_SIZE, RepositoryLayout, SlotRecord, decode_slot,
+                                    install_writes)
 
 LAYOUT = RepositoryLayout()
 REPOSITORY = ByteRange(LAYOUT.base, LAYOUT.size)

@@ -13,7 +13,7 @@ from rig.instrument import faults
 from rig.guest import lifecycle
 from rig.guest.machine import QemuMachine
 from rig.kernel.build import KernelBuild
-from rig.splicer.repository import Mode
+from rig.splicer.kinds import Mode
 
 
 def assert_all_repaired(run: faults.FaultRun) -> None:

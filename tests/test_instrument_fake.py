@@ -30,8 +30,8 @@ from rig.splicer import component_table as ctab
 from rig.splicer import idt, journal
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
-from rig.splicer.plan import SpliceRefused
-from rig.splicer.repository import Mode, Policy, RepositoryLayout
+from rig.splicer.kinds import Mode, Policy, SpliceRefused
+from rig.splicer.repository import RepositoryLayout
 
 LAYOUT = RepositoryLayout()
 Operation = Callable[[Instrumenter], object]

@@ -7,10 +7,11 @@ import pytest
 from rig.splicer import idt, journal
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
+from rig.splicer.kinds import Mode, Policy
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import SplicePlan, plan_splice
-from rig.splicer.repository import Mode, Policy, RepositoryLayout, install_writes
+from rig.splicer.repository import RepositoryLayout, install_writes
 
 LAYOUT = RepositoryLayout()
 
@@ -46,7 +47,8 @@ def plans(image: KernelImage) -> list[SplicePlan]:
     gaps = padding_gaps(image)
     out = []
     for function, mode, policy in [("sys_getpid", Mode.TRAP, Policy.SINGLE), ("tcp_sync_mss", Mode.INT3, Policy.SINGLE),
-                                   ("tcp_sync_mss", Mode.JMP, Policy.DISPLACE), ("sys_getpid", Mode.JMP, Policy.SINGLE)]:
+                                   ("tcp_sync_mss", Mode.JMP, Policy.DISPLACE),
+                                   ("sys_getpid", Mode.JMP, Policy.SINGLE)]:
         code = disassemble_function(image, function)
         out.append(plan_splice(code, code.start, mode, policy, LAYOUT, 0, vector=0x81, springboard_space=gaps))
     return out

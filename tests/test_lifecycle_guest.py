@@ -16,7 +16,7 @@ from rig.gdb import dying
 from rig.guest import lifecycle, qmp
 from rig.guest.crash import GuestCrashed, last_crash
 from rig.guest.machine import QemuMachine
-from rig.splicer.repository import Mode
+from rig.splicer.kinds import Mode
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import pytest
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter
 from rig.splicer.analysis import decode
-from rig.splicer.plan import SpliceRefused
-from rig.splicer.repository import Mode
+from rig.splicer.kinds import Mode, SpliceRefused
 
 # Each mode at its own point of a path the guest's workload runs: getpid (exact counts) and the
 # straight-line entry of tcp_sync_mss (equal counts for all three there).

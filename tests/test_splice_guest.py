@@ -9,9 +9,9 @@ from rig.errors import RigError
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter
 from rig.splicer.analysis import FunctionCode, Instruction, disassemble_function
+from rig.splicer.kinds import Mode, Policy, SpliceRefused
 from rig.splicer.padding import padding_gaps
-from rig.splicer.plan import SpliceRefused, plan_splice
-from rig.splicer.repository import Mode, Policy
+from rig.splicer.plan import plan_splice
 
 
 @pytest.fixture

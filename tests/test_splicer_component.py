@@ -12,9 +12,10 @@ from rig.splicer import component_table as ctab
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.component import ComponentObject, ComponentRefused, layout_size, link
 from rig.splicer.image import KernelImage
+from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
 from rig.splicer.padding import padding_gaps
-from rig.splicer.plan import PatchKind, SpliceRefused, plan_splice
-from rig.splicer.repository import Mode, Policy, RepositoryLayout
+from rig.splicer.plan import plan_splice
+from rig.splicer.repository import RepositoryLayout
 from ccode import compile_c, snippet_object  # noqa: F401  (fixture)
 
 BASE = 0xC1121000

@@ -12,9 +12,10 @@ from rig.kernel.build import KernelBuild
 from rig.splicer import springboard as sb
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
+from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
 from rig.splicer.padding import padding_gaps
-from rig.splicer.plan import PatchKind, SplicePlan, SpliceRefused, plan_splice
-from rig.splicer.repository import Mode, Policy, RepositoryLayout
+from rig.splicer.plan import SplicePlan, plan_splice
+from rig.splicer.repository import RepositoryLayout
 
 LAYOUT = RepositoryLayout()
 _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)

@@ -10,24 +10,11 @@ from splice_checks import check_chain
 
 from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import KernelImage
+from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.padding import padding_gaps
-from rig.splicer.plan import (
-    PatchKind,
-    SplicePlan,
-    SpliceRefused,
-    plan_splice,
-    undo_writes,
-)
-from rig.splicer.repository import (
-    FREE_KEY,
-    Mode,
-    Policy,
-    RepositoryLayout,
-    decode_slot,
-    decode_table,
-    encode_table_entry,
-)
+from rig.splicer.plan import SplicePlan, plan_splice, undo_writes
+from rig.splicer.repository import FREE_KEY, RepositoryLayout, decode_slot, decode_table, encode_table_entry
 
 LAYOUT = RepositoryLayout()
 VECTOR = 0x81
@@ -274,7 +261,7 @@ def test_springboards_of_active_splices_are_not_reused(image: KernelImage) -> No
 
 def test_trap_with_a_vector_of_its_own_needs_no_table_lookup(image: KernelImage) -> None:
     from rig.splicer import idt
-    from rig.splicer.plan import OwnVector
+    from rig.splicer.modes import OwnVector
 
     code = code_of(image, "caller")
     long = first_with(code, lambda i: i.size >= 2)

@@ -7,9 +7,10 @@ import pytest
 from rig.errors import RigError
 from rig.splicer import idt
 from rig.splicer.image import ByteRange
-from rig.splicer.repository import (Mode, Policy, RepositoryLayout, SlotRecord, SpringboardRecord,
-                                    decode_header, decode_slot, encode_header, encode_slot,
-                                    install_writes, int3_handler_code, trap_handler_code)
+from rig.splicer.kinds import Mode, Policy
+from rig.splicer.repository import (RepositoryLayout, SlotRecord, SpringboardRecord, decode_header, decode_slot,
+                                    encode_header, encode_slot, install_writes, int3_handler_code,
+                                    trap_handler_code)
 from rig.splicer.stackcheck import busy_words
 
 LAYOUT = RepositoryLayout()

@@ -7,9 +7,10 @@ from splice_checks import check_chain
 
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
+from rig.splicer.kinds import Mode, Policy, SpliceRefused
 from rig.splicer.padding import padding_gaps
-from rig.splicer.plan import SpliceRefused, plan_splice
-from rig.splicer.repository import Mode, Policy, RepositoryLayout
+from rig.splicer.plan import plan_splice
+from rig.splicer.repository import RepositoryLayout
 
 LAYOUT = RepositoryLayout()
 _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)

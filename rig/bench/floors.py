@@ -36,9 +36,9 @@ from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter
 from rig.instrument.transaction import apply_writes
 from rig.splicer import idt
+from rig.splicer.kinds import Mode, PatchKind, Policy
 from rig.splicer.memory import MemoryWrite
-from rig.splicer.plan import PatchKind
-from rig.splicer.repository import BENCH_SCRATCH_SIZE, Mode, Policy, RepositoryLayout
+from rig.splicer.repository import BENCH_SCRATCH_SIZE, RepositoryLayout
 
 FLOORS = ("null", "jmp", "jmp-far", "int")
 INDEX_OFFSET = 0x0

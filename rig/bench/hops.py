@@ -28,9 +28,10 @@ from rig.bench.sections import Section, Table
 from rig.kernel.build import KernelBuild
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage, Symbol
+from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
 from rig.splicer.padding import padding_gaps
-from rig.splicer.plan import PatchKind, SpliceRefused, plan_splice
-from rig.splicer.repository import Mode, Policy, RepositoryLayout
+from rig.splicer.plan import plan_splice
+from rig.splicer.repository import RepositoryLayout
 
 
 # Refusals a trap splice has too: a 1-byte site, an instruction that cannot be moved.

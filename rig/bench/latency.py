@@ -14,8 +14,7 @@ from rig.bench.part import ClockRun, Guest, GuestPart, Progress, ReportContext
 from rig.bench.sections import Section, Table
 from rig.errors import RigError
 from rig.instrument import Instrumenter
-from rig.splicer.plan import PatchKind
-from rig.splicer.repository import Mode, Policy
+from rig.splicer.kinds import Mode, PatchKind, Policy
 
 FUNCTION = "sys_getpid"
 DEFAULT_CYCLES = 20

@@ -30,8 +30,7 @@ from rig.bench.stats import STATS, across_runs
 from rig.errors import RigError
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter
-from rig.splicer.plan import PatchKind
-from rig.splicer.repository import Mode, Policy
+from rig.splicer.kinds import Mode, PatchKind, Policy
 
 FUNCTION = "sys_getpid"
 PAPER = {"cpu": "Pentium 4 1.4 GHz", "kernel": "Linux 2.4.20", "compiler": "gcc 3.2",

@@ -25,9 +25,9 @@ from rig.splicer import component_table as ctab
 from rig.splicer.component import (ComponentObject, ComponentRefused, LinkedComponent, Param, find_hook, kernel_symbols,
                                    layout_size, link, size_breakdown)
 from rig.splicer.image import ByteRange
+from rig.splicer.kinds import Mode, PatchKind, Policy
 from rig.splicer.memory import MemoryWrite
-from rig.splicer.plan import PatchKind
-from rig.splicer.repository import PATCH_AREA_SIZE, PATCH_CODE_OFFSET, Mode, Policy, SlotRecord
+from rig.splicer.repository import PATCH_AREA_SIZE, PATCH_CODE_OFFSET, SlotRecord
 from rig.instrument.transaction import apply_writes
 
 COMPONENTS_DIR = paths.REPO_ROOT / "rig" / "components"

@@ -26,7 +26,7 @@ from rig.guest.lifecycle import PreparedGuest, private_guest
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter, connect
 from rig.kernel.build import KernelBuild
-from rig.splicer.repository import Mode
+from rig.splicer.kinds import Mode
 
 log = logging.getLogger(__name__)
 Step = Callable[[Instrumenter], object]
@@ -175,7 +175,8 @@ def unsplice_scenario(index: int) -> Scenario:
                     and bool(a.record.vector) == own)
         instrumenter.unsplice(slot)
 
-    label = f"unsplice {function} ({mode.name.lower()}{', own vector' if own else ''}) with jmp, trap, int3 and own-vector live"
+    label = (f"unsplice {function} ({mode.name.lower()}{', own vector' if own else ''}) "
+             "with jmp, trap, int3 and own-vector live")
     return Scenario(label, operation, setup)
 
 

@@ -35,11 +35,12 @@ from rig.splicer import idt, journal, modes, repository
 from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage
 from rig.splicer.journal import Repair
+from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
 from rig.splicer.memory import MemoryWrite
+from rig.splicer.modes import OwnVector, int3
 from rig.splicer.padding import padding_gaps
-from rig.splicer.modes import int3
-from rig.splicer.plan import OwnVector, PatchKind, SplicePlan, SpliceRefused, plan_auto, plan_splice, undo_writes
-from rig.splicer.repository import Header, Mode, Policy, RepositoryLayout, SlotRecord
+from rig.splicer.plan import SplicePlan, plan_auto, plan_splice, undo_writes
+from rig.splicer.repository import Header, RepositoryLayout, SlotRecord
 from rig.splicer.stackcheck import BusyWord, busy_words
 from rig.instrument.transaction import Transaction, apply_writes, recover
 
@@ -527,13 +528,15 @@ class Instrumenter:
         dispatch = repository.decode_table(table.value)
         for slot, record in live:
             problems += self._audit_splice(slot, record, guest_text.value[record.point - start:][:record.window_length],
-                                           dispatch.get(slot), idt.gate_at(idt_table.value, record.vector) if record.vector else None)
+                                           dispatch.get(slot),
+                                           idt.gate_at(idt_table.value, record.vector) if record.vector else None)
         for slot in set(dispatch) - {slot for slot, _ in live}:
             problems.append(f"released slot {slot} still has a trap-table entry the handlers would match")
         wants_rig = any(r.mode == Mode.INT3 for _, r in live)
         offset = idt.decode_gate(gate3.value).offset
         if offset != (self.layout.int3_handler if wants_rig else self.image.symbol("int3").address):
-            problems.append(f"IDT vector 3 points at {offset:#x}, but {'some' if wants_rig else 'no'} int3 splice is live")
+            problems.append(f"IDT vector 3 points at {offset:#x}, "
+                            f"but {'some' if wants_rig else 'no'} int3 splice is live")
         return problems
 
     def _audit_splice(self, slot: int, record: SlotRecord, window: bytes, entry: tuple[int, int] | None,

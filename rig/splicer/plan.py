@@ -26,8 +26,7 @@ from rig.splicer.repository import (FREE_KEY, MAX_SPRINGBOARDS, PATCH_AREA_SIZE,
                                     RepositoryLayout, SlotRecord, SpringboardRecord, encode_slot, encode_table_entry)
 from rig.splicer.sections import freed_after_boot, why_not_spliceable
 
-__all__ = ["OwnVector", "PatchKind", "SplicePlan", "SpliceRefused", "Springboard", "TACTICS", "Tactic",
-           "plan_auto", "plan_splice", "undo_writes"]
+__all__ = ["SplicePlan", "TACTICS", "Tactic", "plan_auto", "plan_splice", "undo_writes"]
 
 _TARGETED = (PatchKind.CALL, PatchKind.REPLACE, PatchKind.WRAP)
 _COUNTED = (PatchKind.COUNTER, PatchKind.REPLACE, PatchKind.WRAP)

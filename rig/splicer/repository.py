@@ -38,7 +38,6 @@ import iced_x86 as ix
 
 from rig.errors import RigError
 from rig.splicer.journal import JOURNAL_OFFSET, JOURNAL_SIZE
-from rig.splicer.kinds import Mode, Policy  # noqa: F401 - stored in slot records; re-exported
 from rig.splicer.memory import MemoryWrite
 
 MAGIC = b"TRAPSPLC"
@@ -66,7 +65,8 @@ BENCH_SCRATCH_SIZE = 0x100000
 COMPONENT_TABLE_OFFSET = BENCH_SCRATCH_OFFSET + BENCH_SCRATCH_SIZE
 COMPONENT_TABLE_SIZE = 0x1000
 COMPONENT_REGION_OFFSET = COMPONENT_TABLE_OFFSET + COMPONENT_TABLE_SIZE
-assert SLOT_TABLE_OFFSET + DEFAULT_SLOTS * SLOT_RECORD_SIZE <= JOURNAL_OFFSET < JOURNAL_OFFSET + JOURNAL_SIZE <= PATCH_OFFSET
+assert SLOT_TABLE_OFFSET + DEFAULT_SLOTS * SLOT_RECORD_SIZE <= JOURNAL_OFFSET
+assert JOURNAL_OFFSET + JOURNAL_SIZE <= PATCH_OFFSET
 
 _HEADER = struct.Struct("<8sIIIIIIIIII")
 HEADER_HITS_OFFSET = 8 + 4 * 4  # magic, version, size, vector, handler -> hits
