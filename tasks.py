@@ -167,12 +167,12 @@ def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe=No
     if component:
         component_source(component)  # a typo is refused before a guest is booted for it
     preflight.check_function(func, args.address)
-    with session.instrumenter() as (_, manager):
+    with session.instrumenter() as (_, instrumenter):
         if component:
-            loaded, result = ComponentManager(manager).splice(func, component, mode=args.mode, policy=args.policy,
+            loaded, result = ComponentManager(instrumenter).splice(func, component, mode=args.mode, policy=args.policy,
                                                               offset=args.offset)
         else:
-            result = manager.splice(func, mode=args.mode, policy=args.policy, offset=args.offset,
+            result = instrumenter.splice(func, mode=args.mode, policy=args.policy, offset=args.offset,
                                     address=args.address, patch_kind=args.probe, own_vector=args.own_vector)
     for table in ui.splice_tables(result):
         console.print(table)
@@ -189,8 +189,8 @@ def unsplice(c, id):
     everything = id.lower() == "all"
     if not everything and not id.isdigit():
         raise RigError(f"'{id}' is not a splice id", hint="invoke unsplice ID (see invoke splices) or invoke unsplice all")
-    with session.instrumenter(start=False) as (_, manager):
-        done = manager.unsplice_all() if everything else [manager.unsplice(int(id))]
+    with session.instrumenter(start=False) as (_, instrumenter):
+        done = instrumenter.unsplice_all() if everything else [instrumenter.unsplice(int(id))]
     for result in done:
         console.print(f"unspliced {result.slot}: {result.function} at {result.point:#010x} "
                       f"({result.hits} hits, stalls {result.prep_stall_s * 1000:.2f} + {result.stall_s * 1000:.2f} ms); "
@@ -203,9 +203,9 @@ def unsplice(c, id):
 @reports_errors
 def splices(c):
     """List active splices with their hit counters, read live from the guest."""
-    with session.instrumenter(start=False) as (_, manager):
-        header, active = manager.active()
-        hits = manager.handler_hits() if header else None
+    with session.instrumenter(start=False) as (_, instrumenter):
+        header, active = instrumenter.active()
+        hits = instrumenter.handler_hits() if header else None
     console.print(ui.splices_table(header, active, hits))
 
 
@@ -214,8 +214,8 @@ def splices(c):
 def load(c, name):
     """Compile (cached) and load a component into the repository, without splicing it."""
     component_source(name)  # a typo is refused before a guest is booted for it
-    with session.instrumenter() as (_, manager):
-        loaded = ComponentManager(manager).load(name)
+    with session.instrumenter() as (_, instrumenter):
+        loaded = ComponentManager(instrumenter).load(name)
     console.print(f"component {loaded.name}: {loaded.entry.size} bytes at {loaded.entry.base:#010x}")
 
 
@@ -223,8 +223,8 @@ def load(c, name):
 @reports_errors
 def components(c):
     """List loaded components: where, their hooks, which splices use them, their data (live)."""
-    with session.instrumenter(start=False) as (_, manager):
-        components_ = ComponentManager(manager)
+    with session.instrumenter(start=False) as (_, instrumenter):
+        components_ = ComponentManager(instrumenter)
         loaded = components_.loaded()
         data = {component.name: components_.data(component) for component in loaded}
     console.print(component_ui.components_table(loaded, data))
@@ -238,8 +238,8 @@ def set_(c, param, value):
     """Set a component parameter live (scaled to the guest's integer, e.g. fer 0.05 -> 50000 ppm)."""
     cli_args.component_variable(param)
     cli_args.finite_number(value, param.partition(".")[2])  # worded as parse_value words its range check
-    with session.instrumenter(start=False) as (_, manager):
-        done = ComponentManager(manager).set(param, value)
+    with session.instrumenter(start=False) as (_, instrumenter):
+        done = ComponentManager(instrumenter).set(param, value)
     console.print(component_ui.param_line(done))
 
 
@@ -248,16 +248,16 @@ def set_(c, param, value):
 def get(c, name):
     """Read a component's 32-bit variable live."""
     cli_args.component_variable(name)
-    with session.instrumenter(start=False) as (_, manager):
-        console.print(f"{name} = {ComponentManager(manager).get(name)}")
+    with session.instrumenter(start=False) as (_, instrumenter):
+        console.print(f"{name} = {ComponentManager(instrumenter).get(name)}")
 
 
 @task(help={"name": "the component to unload (see invoke components)"})
 @reports_errors
 def unload(c, name):
     """Unload a component (refused while a splice still goes to it)."""
-    with session.instrumenter(start=False) as (_, manager):
-        entry = ComponentManager(manager).unload(name)
+    with session.instrumenter(start=False) as (_, instrumenter):
+        entry = ComponentManager(instrumenter).unload(name)
     console.print(f"unloaded {entry.name} ({entry.size} bytes at {entry.base:#010x}, now int3-filled)")
 
 
@@ -273,8 +273,8 @@ def adapt(c, mode="trap", once=False, timeout=None):
         raise RigError("no guest is running", hint="start one with: invoke boot")
     follower = adapt_mod.ConsoleLogFollower(state.machine_config().console_log)
     console.print("watching the guest for '@event netenv' (announce one: invoke console --cmd 'netenv fer=0.05')")
-    with session.instrumenter(start=False) as (_, manager):
-        done = adapt_mod.watch(follower, ComponentManager(manager), mode=mode_, once=once, timeout=seconds,
+    with session.instrumenter(start=False) as (_, instrumenter):
+        done = adapt_mod.watch(follower, ComponentManager(instrumenter), mode=mode_, once=once, timeout=seconds,
                                report=lambda event, step: console.print(component_ui.adaptation_line(event, step)),
                                skipped=lambda event, error: console.print(component_ui.skipped_line(event, error),
                                                                           markup=False))  # a bad event's own text
@@ -285,8 +285,8 @@ def adapt(c, mode="trap", once=False, timeout=None):
 @reports_errors
 def audit(c):
     """Check the guest against vmlinux and the repository's records (text, points, dispatch, IDT, journal)."""
-    with session.instrumenter(start=False) as (_, manager):
-        problems = manager.audit()
+    with session.instrumenter(start=False) as (_, instrumenter):
+        problems = instrumenter.audit()
     for problem in problems:
         console.print(Text(problem, style="red"))
     if problems:

@@ -58,17 +58,17 @@ def resume_if_left_stopped(state: GuestState) -> RunState | None:
         found = qmp.query_status(config.qmp_socket)
         if found is None or found.running:
             return None  # the command that held it let it go
-        with connect(config.gdb_socket, state.kernel) as manager:
-            _announce(found, manager)
+        with connect(config.gdb_socket, state.kernel) as instrumenter:
+            _announce(found, instrumenter)
     return found
 
 
-def _announce(found: RunState | None, manager: Instrumenter) -> None:
+def _announce(found: RunState | None, instrumenter: Instrumenter) -> None:
     if found is not None and not found.running:
         log.warning("the guest was found stopped (QMP status '%s') with no rig command attached: an earlier one "
                     "died holding it; resumed", found.status)
-    if manager.repair is not None:
-        log.warning("%s", manager.repair.summary())
+    if instrumenter.repair is not None:
+        log.warning("%s", instrumenter.repair.summary())
 
 
 @contextmanager
@@ -80,11 +80,11 @@ def instrumenter(start: bool = True, gdb_path: str | None = None) -> Iterator[tu
     with qmp.guest_lock(config.run_dir), watched(state) as watch:
         found = qmp.query_status(config.qmp_socket)
         try:
-            with connect(config.gdb_socket, state.kernel, gdb_path=gdb_path) as manager:
-                _announce(found, manager)
-                watch.splices = _remember_splices(state, manager)
-                manager.on_change = lambda: setattr(watch, "splices", _remember_splices(state, manager))
-                yield state, manager
+            with connect(config.gdb_socket, state.kernel, gdb_path=gdb_path) as instrumenter:
+                _announce(found, instrumenter)
+                watch.splices = _remember_splices(state, instrumenter)
+                instrumenter.on_change = lambda: setattr(watch, "splices", _remember_splices(state, instrumenter))
+                yield state, instrumenter
         except GdbDied as died:
             raise GdbDied(died.message, hint="the guest may be left stopped in the middle of a change: the next "
                                              "invoke command repairs it from the guest's journal and lets it run "
@@ -116,10 +116,10 @@ def _splices_file(state: GuestState) -> Path:
     return Path(state.run_dir) / "splices.json"
 
 
-def _remember_splices(state: GuestState, manager: Instrumenter) -> list[str]:
+def _remember_splices(state: GuestState, instrumenter: Instrumenter) -> list[str]:
     """The live splices, one line each, noted on the host for a crash report: once the guest is
     dead its memory (the real record) cannot be read."""
-    _, active = manager.active()
+    _, active = instrumenter.active()
     lines = [f"slot {a.slot}: {a.mode}{' (own vector)' if a.record.vector else ''} at {a.function}+{a.offset:#x}"
              for a in active]
     _splices_file(state).write_text(json.dumps(lines))

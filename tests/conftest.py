@@ -67,8 +67,8 @@ def fresh_guest(prepared: lifecycle.PreparedGuest) -> Iterator[QemuMachine]:
 @pytest.fixture(scope="session")
 def instrumenter(guest: QemuMachine, kernel: kernel_build.KernelBuild) -> Iterator[Instrumenter]:
     """gdb attached to the shared guest (its stub takes one gdb at a time), guest left running."""
-    with connect(guest.config.gdb_socket, kernel) as manager:
-        yield manager
+    with connect(guest.config.gdb_socket, kernel) as instrumenter:
+        yield instrumenter
 
 
 @pytest.fixture

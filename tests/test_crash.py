@@ -363,13 +363,13 @@ Writes = Callable[[KernelImage], list[tuple[int, bytes]]]
 def crash_guest(machine: QemuMachine, kernel: KernelBuild, crash_dir: Path, writes: Writes,
                 command: str = "bench getpid 1") -> GuestCrashed:
     """Write ``writes`` into the running kernel, send ``command`` under a ConsoleWatch, return the crash."""
-    with connect(machine.config.gdb_socket, kernel) as manager:
-        watch = ConsoleWatch.start(machine.config.console_log, manager.image, crash_dir,
+    with connect(machine.config.gdb_socket, kernel) as instrumenter:
+        watch = ConsoleWatch.start(machine.config.console_log, instrumenter.image, crash_dir,
                                    splices=["(test) bytes written into the kernel by hand"])
         with pytest.raises(GuestCrashed) as caught:
             with watch.guard():
-                with manager.gdb.stopped():
-                    manager.gdb.write_many(writes(manager.image))
+                with instrumenter.gdb.stopped():
+                    instrumenter.gdb.write_many(writes(instrumenter.image))
                 machine.console.request(command, timeout=60)
     return caught.value
 

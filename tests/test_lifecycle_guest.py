@@ -32,12 +32,12 @@ def background(prepared: lifecycle.PreparedGuest, monkeypatch: pytest.MonkeyPatc
 
 def test_next_command_resumes_and_repairs_a_guest_a_dead_command_left_stopped(
         background: lifecycle.GuestState, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with session.instrumenter(start=False) as (_, manager):
-        manager.prep(install=True)  # the repository first, so the cut lands in the splice
+    with session.instrumenter(start=False) as (_, instrumenter):
+        instrumenter.prep(install=True)  # the repository first, so the cut lands in the splice
     dies = dying.launcher(tmp_path, 5, tools.require("gdb"))  # journal, header, patch, table entry, slot record
     with pytest.raises(RigError):
-        with session.instrumenter(start=False, gdb_path=str(dies)) as (_, manager):
-            manager.splice("tcp_sync_mss", mode=Mode.TRAP)
+        with session.instrumenter(start=False, gdb_path=str(dies)) as (_, instrumenter):
+            instrumenter.splice("tcp_sync_mss", mode=Mode.TRAP)
     config = background.machine_config()
     left = qmp.query_status(config.qmp_socket)
     assert left is not None and not left.running  # nobody attached, the guest held stopped
@@ -50,16 +50,16 @@ def test_next_command_resumes_and_repairs_a_guest_a_dead_command_left_stopped(
     said = " ".join(record.getMessage() for record in caplog.records)
     assert f"QMP status '{left.status}'" in said and "resumed" in said
     assert "interrupted 'splice" in said and "rolled it back" in said
-    with session.instrumenter(start=False) as (_, manager):
-        assert manager.repair is None and manager.audit() == [] and manager.active()[1] == []
+    with session.instrumenter(start=False) as (_, instrumenter):
+        assert instrumenter.repair is None and instrumenter.audit() == [] and instrumenter.active()[1] == []
 
 
 def test_a_crash_fails_the_command_with_the_oops_decoded_and_the_log_kept(background: lifecycle.GuestState) -> None:
     with pytest.raises(GuestCrashed) as crashed:
-        with session.instrumenter(start=False) as (state, manager):
-            spliced = manager.splice("sys_getpid", mode=Mode.TRAP)
-            with manager.gdb.stopped():  # a patch gone bad: ud2 where its displaced code starts
-                manager.gdb.write_memory(spliced.plan.patch_address + 8, b"\x0f\x0b")
+        with session.instrumenter(start=False) as (state, instrumenter):
+            spliced = instrumenter.splice("sys_getpid", mode=Mode.TRAP)
+            with instrumenter.gdb.stopped():  # a patch gone bad: ud2 where its displaced code starts
+                instrumenter.gdb.write_memory(spliced.plan.patch_address + 8, b"\x0f\x0b")
             console = QemuMachine.attach(state.machine_config(), state.pid)
             console.console.request("bench getpid 1", timeout=20)
     error = crashed.value

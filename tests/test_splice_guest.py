@@ -92,9 +92,9 @@ def test_user_mode_int_on_the_rig_vector_faults(clean: Instrumenter, guest: Qemu
 
 
 # ---- refusals, each on a real case from the real kernel ---------------------------------------
-def _refusal(manager: Instrumenter, reason: str, **splice: object) -> SpliceRefused:
+def _refusal(instrumenter: Instrumenter, reason: str, **splice: object) -> SpliceRefused:
     with pytest.raises(SpliceRefused) as refused:
-        manager.splice(**splice)  # type: ignore[arg-type]
+        instrumenter.splice(**splice)  # type: ignore[arg-type]
     assert refused.value.reason == reason, refused.value.message
     assert refused.value.hint
     return refused.value
@@ -112,15 +112,15 @@ def test_address_inside_an_instruction_is_refused(clean: Instrumenter) -> None:
     _refusal(clean, "not-boundary", function="tcp_sync_mss", address=longer.address + 1)
 
 
-def _first_plan_refusal(manager: Instrumenter, reason: str, mode: Mode, policy: Policy,
+def _first_plan_refusal(instrumenter: Instrumenter, reason: str, mode: Mode, policy: Policy,
                         functions: list[str]) -> tuple[str, int]:
     """A real point in a real function where the pure planner refuses for ``reason``."""
     for name in functions:
-        code: FunctionCode = disassemble_function(manager.image, name)
+        code: FunctionCode = disassemble_function(instrumenter.image, name)
         for insn in filter(lambda i: _may_refuse(code, i, reason), code.instructions):
             try:
-                plan_splice(code, insn.address, mode, policy, manager.layout, 0, vector=0x81,
-                            springboard_space=padding_gaps(manager.image))
+                plan_splice(code, insn.address, mode, policy, instrumenter.layout, 0, vector=0x81,
+                            springboard_space=padding_gaps(instrumenter.image))
             except SpliceRefused as refused:
                 if refused.reason == reason:
                     return name, insn.address
@@ -227,23 +227,23 @@ def test_no_free_vector_is_refused_and_nothing_written(fresh_guest: QemuMachine,
     from rig.instrument import connect
     from rig.splicer import idt as idt_mod
 
-    with connect(fresh_guest.config.gdb_socket, kernel) as manager:
-        idt_base = manager.image.symbol("idt_table").address
-        ignore_int = manager.image.symbol("ignore_int").address
-        with manager.gdb.stopped():
-            table = manager.gdb.read_memory(idt_base, 256 * 8)
+    with connect(fresh_guest.config.gdb_socket, kernel) as instrumenter:
+        idt_base = instrumenter.image.symbol("idt_table").address
+        ignore_int = instrumenter.image.symbol("ignore_int").address
+        with instrumenter.gdb.stopped():
+            table = instrumenter.gdb.read_memory(idt_base, 256 * 8)
             taken = [v for v in range(0x20, 256) if idt_mod.gate_at(table, v).offset == ignore_int]
             for vector in taken:
                 gate = idt_mod.gate_at(table, vector)
                 moved = idt_mod.Gate(gate.offset + 1, gate.selector, gate.gate_type, gate.dpl, gate.present)
-                manager.gdb.write_memory(idt_base + vector * 8, moved.encode())
+                instrumenter.gdb.write_memory(idt_base + vector * 8, moved.encode())
         assert taken
         with pytest.raises(RigError, match="no free IDT vector"):
-            manager.splice("sys_getpid", mode=Mode.TRAP)
-        with manager.gdb.stopped():
-            assert manager.gdb.read_memory(manager.layout.base, 8) != b"TRAPSPLC"  # no repository written
-            assert manager.gdb.read_memory(manager.image.function("sys_getpid").address, 5) == \
-                manager.image.text_bytes(manager.image.function("sys_getpid").address, 5)
+            instrumenter.splice("sys_getpid", mode=Mode.TRAP)
+        with instrumenter.gdb.stopped():
+            assert instrumenter.gdb.read_memory(instrumenter.layout.base, 8) != b"TRAPSPLC"  # no repository written
+            assert instrumenter.gdb.read_memory(instrumenter.image.function("sys_getpid").address, 5) == \
+                instrumenter.image.text_bytes(instrumenter.image.function("sys_getpid").address, 5)
 
 
 def test_trap_with_a_vector_of_its_own(clean: Instrumenter, guest: QemuMachine) -> None:
