@@ -78,6 +78,6 @@ def components(instrumenter: Instrumenter) -> Iterator[ComponentManager]:
     try:
         yield manager
     finally:
-        manager.inst.unsplice_all()
+        manager.instrumenter.unsplice_all()
         for component in manager.loaded():
             manager.unload(component.name)

@@ -42,7 +42,7 @@ def tcp_mss(guest: QemuMachine) -> tuple[int, int]:
 
 
 def text_equals_vmlinux(manager: ComponentManager) -> bool:
-    image = manager.inst.image
+    image = manager.instrumenter.image
     symbol = image.function(FUNCTION)
     with manager.gdb.stopped():
         now = manager.gdb.read_memory(symbol.address, symbol.size)
@@ -70,7 +70,7 @@ def test_mss_adapt_replaces_tcp_sync_mss(guest: QemuMachine, components: Compone
         seen[fer] = client
     assert seen["0.05"] < seen["0.01"] < unspliced[0], f"higher FER, smaller segments: {seen}, base {base}"
 
-    components.inst.unsplice(result.plan.slot)
+    components.instrumenter.unsplice(result.plan.slot)
     assert tcp_mss(guest) == unspliced, "unsplicing brings back 2.4.20's own MSS"
     components.unload("mss_adapt")
     assert text_equals_vmlinux(components)
@@ -91,7 +91,7 @@ def test_wrap_sees_and_changes_the_arguments(guest: QemuMachine, components: Com
     assert client < unspliced[0] and server < unspliced[1], "the original tcp_sync_mss ran on the lowered pmtu"
     components.set("mss_probe.shrink", "0")
     assert tcp_mss(guest) == unspliced, "with nothing to change, the wrap is transparent again"
-    components.inst.unsplice(result.plan.slot)
+    components.instrumenter.unsplice(result.plan.slot)
     assert tcp_mss(guest) == unspliced
 
 
@@ -110,7 +110,7 @@ def test_environment_change_applies_the_adaptation(guest: QemuMachine, component
 
 
 def test_load_unload_keeps_the_repository_consistent(guest: QemuMachine, components: ComponentManager) -> None:
-    header_before = components.inst.prep(install=True).header
+    header_before = components.instrumenter.prep(install=True).header
     loaded = components.load("mss_adapt")
     again = components.load("mss_adapt")
     assert again.entry == loaded.entry, "loading twice is idempotent"
@@ -125,7 +125,7 @@ def test_load_unload_keeps_the_repository_consistent(guest: QemuMachine, compone
         filler = components.gdb.read_memory(loaded.entry.base, loaded.entry.size)
     assert table is not None and table.loaded() == []
     assert filler == bytes([ctab.FILLER]) * loaded.entry.size
-    assert components.inst.prep(install=False).header == header_before
+    assert components.instrumenter.prep(install=False).header == header_before
     assert text_equals_vmlinux(components)
 
 

@@ -131,7 +131,7 @@ def parse_value(text: str, param: Param) -> int:
 
 class ComponentManager:
     def __init__(self, instrumenter: Instrumenter) -> None:
-        self.inst = instrumenter
+        self.instrumenter = instrumenter
         self.gdb = instrumenter.gdb
         self.kernel = instrumenter.kernel
         self.layout = instrumenter.layout
@@ -146,7 +146,7 @@ class ComponentManager:
         if not obj.exists():
             raise RigError(f"component {entry.name} in the guest was loaded from an object this host does not "
                            f"have (sha256 {entry.sha256[:16]}...)", "unload it and load it again from here")
-        return link(ComponentObject.load(obj, entry.name), entry.base, kernel_symbols(self.inst.image))
+        return link(ComponentObject.load(obj, entry.name), entry.base, kernel_symbols(self.instrumenter.image))
 
     def _users(self, entry: ctab.ComponentEntry, slots: list[SlotRecord]) -> tuple[int, ...]:
         """Active splices whose patch branches into the component (read from their patch code)."""
@@ -168,7 +168,7 @@ class ComponentManager:
             table = self._read_table()
             if table is None:
                 return []
-            slots = self.inst.read_slots() if self.inst.read_header() is not None else []
+            slots = self.instrumenter.read_slots() if self.instrumenter.read_header() is not None else []
             return [LoadedComponent(index, entry, self._linked(entry), self._users(entry, slots))
                     for index, entry in table.loaded()]
 
@@ -184,7 +184,7 @@ class ComponentManager:
         """Compile (cached), link at a free place, write it and its table entry; idempotent."""
         source = source_path(name)
         obj = ComponentObject.load(compile_component(self.kernel, source), source.stem)
-        self.inst.prep(install=True)  # the repository exists and its memory is reserved
+        self.instrumenter.prep(install=True)  # the repository exists and its memory is reserved
         with self.gdb.stopped():
             table = self._read_table()
             fresh = table is None
@@ -198,7 +198,7 @@ class ComponentManager:
                                f"unload it first: invoke unload {obj.name}")
             size = layout_size(obj)
             base = table.allocate(size, f"component {obj.name} ({size_breakdown(obj)})")
-            linked = link(obj, base, kernel_symbols(self.inst.image), capacity=table.largest_gap())
+            linked = link(obj, base, kernel_symbols(self.instrumenter.image), capacity=table.largest_gap())
             index = table.free_index()
             entry = ctab.ComponentEntry(obj.name, base, linked.size, obj.sha256)
             writes = ctab.load_writes(self.layout, table, index, entry, linked.image, fresh)
@@ -215,13 +215,13 @@ class ComponentManager:
                 names = ", ".join(e.name for _, e in table.loaded()) if table else ""
                 raise RigError(f"component {name!r} is not loaded", f"loaded: {names or 'none'}")
             index, entry = found
-            snap = self.inst.snapshot(install=False)
+            snap = self.instrumenter.snapshot(install=False)
             users = self._users(entry, snap.slots)
             if users:
                 raise ComponentRefused("in-use", f"component {name} is still spliced in (slot(s) "
                                        f"{', '.join(map(str, users))})",
                                        f"unsplice first: invoke unsplice {users[0]}")
-            self.inst.check_not_busy(snap.tasks, gone=[ByteRange(entry.base, entry.size)])
+            self.instrumenter.check_not_busy(snap.tasks, gone=[ByteRange(entry.base, entry.size)])
             clear_entry, fill = ctab.unload_writes(self.layout, index, entry)
             apply_writes(self.gdb, self.layout, f"unload component {name}", [[clear_entry], [fill]],
                          commit=clear_entry)
@@ -271,6 +271,6 @@ class ComponentManager:
         hook = loaded.linked.hook_for(function)
         kind = PatchKind.REPLACE if hook.kind == "replace" else PatchKind.WRAP
         target = loaded.linked.symbol(hook.entry).address
-        result = self.inst.splice(function, mode=mode, policy=policy, offset=offset, patch_kind=kind,
+        result = self.instrumenter.splice(function, mode=mode, policy=policy, offset=offset, patch_kind=kind,
                                   call_target=target)
         return loaded, result
