@@ -10,14 +10,18 @@ from pathlib import Path
 from invoke import task
 
 from rig import adapt as adapt_mod
-from rig import cli_args, component_ui, preflight, session, ui
+from rig import session
+from rig.cli import args as cli_args
+from rig.cli import components as component_ui
+from rig.cli import preflight
+from rig.cli import render as ui
 from rig.instrument.components import ComponentManager
 from rig.instrument.components import source_path as component_source
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.kernel import build as kernel_build
 from rig.splicer.kinds import Mode
-from rig.ui import console, reports_errors
+from rig.cli.render import console, reports_errors
 from rich.text import Text
 
 cli_args.fix_invoke_parsing()  # `invoke load --help` shows help; `invoke set X -0.5` reaches the range check

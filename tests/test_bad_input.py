@@ -15,7 +15,8 @@ from elftools.elf.elffile import ELFFile
 from invoke_cli import run_invoke
 from rich.console import Console
 
-from rig import adapt, paths, preflight
+from rig import adapt, paths
+from rig.cli import preflight
 from rig.bench import fig4, hops, lengths, render, sections
 from rig.bench.part import STATIC_ANALYSIS
 from rig.bench.provenance import Provenance

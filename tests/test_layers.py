@@ -114,7 +114,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("io", ("rig.gdb", "rig.guest")),
     ("instrument", ("rig.instrument",)),
     ("compose", ("rig.session", "rig.adapt", "rig.bench")),
-    ("cli", ("rig.ui", "rig.component_ui", "rig.cli_args", "rig.preflight")),
+    ("cli", ("rig.cli",)),
 )
 
 

@@ -1,7 +1,7 @@
 """Command-line values, checked before a task boots or attaches to a guest.
 
 Every check raises :class:`RigError` with what was wrong and how to write it; the tasks
-turn that into a message, a hint and exit status 1 (:func:`rig.ui.reports_errors`).
+turn that into a message, a hint and exit status 1 (:func:`rig.cli.render.reports_errors`).
 """
 from __future__ import annotations
 
