@@ -28,6 +28,7 @@ from emulator import DIRECT_MAP, DIRECT_MAP_SIZE, KERNEL_CS, kernel_idt
 
 from rig.errors import RigError
 from rig.gdb.batch import Batch
+from rig.gdb.memory import BatchedAccess
 from rig.gdb.mi import GdbCommandError, GdbDied, MiResult
 from rig.guest.kernel_layout import TaskLayout
 from rig.splicer.image import KernelImage
@@ -44,7 +45,7 @@ TASKS_BASE = DIRECT_MAP + 8 * MiB    # physical 8 MiB: RAM far above the kernel 
 _E820_ENTRY = struct.Struct("<QQI")
 
 
-class FakeGuest:
+class FakeGuest(BatchedAccess):
     """A stopped-or-running guest in sparse pages of bytes; see the module docstring."""
 
     def __init__(self, image: KernelImage, task_layout: TaskLayout, layout: RepositoryLayout | None = None,
@@ -227,20 +228,6 @@ class FakeGuest:
     # ---- GuestMemory --------------------------------------------------------------------------
     def batch(self) -> Batch:
         return Batch(self)
-
-    def read_memory(self, address: int, length: int) -> bytes:
-        return self.read_many([(address, length)])[0]
-
-    def read_many(self, regions: Sequence[tuple[int, int]]) -> list[bytes]:
-        batch = self.batch()
-        pending = [batch.read(address, length) for address, length in regions]
-        batch.run()
-        return [p.value for p in pending]
-
-    def write_memory(self, address: int, data: bytes) -> None:
-        batch = self.batch()
-        batch.write(address, data)
-        batch.run()
 
     def read_registers(self, names: Sequence[str] | None = None) -> dict[str, int]:
         batch = self.batch()

@@ -2,8 +2,12 @@
 direction, ending exactly all-old or all-new (no guest: memory is a byte map)."""
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
 
+import pytest
+from fake_guest import FakeGuest
+
+from rig.guest.kernel_layout import task_layout
 from rig.splicer import idt, journal
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
@@ -21,26 +25,11 @@ def vmlinux(kernel) -> KernelImage:  # noqa: ANN001 - conftest fixture
     return KernelImage.load(kernel.vmlinux)
 
 
-class Memory:
-    """Guest memory as the host would see it: vmlinux text, the rest zero."""
-
-    def __init__(self, image: KernelImage) -> None:
-        self.image = image
-        self.bytes: dict[int, int] = {}
-
-    def read(self, address: int, length: int) -> bytes:
-        out = bytearray()
-        for a in range(address, address + length):
-            if a in self.bytes:
-                out.append(self.bytes[a])
-            else:
-                section = self.image.section_at(a)
-                out.append(section.data[a - section.address] if section and section.data else 0)
-        return bytes(out)
-
-    def write(self, write: MemoryWrite) -> None:
-        for offset, value in enumerate(write.data):
-            self.bytes[write.address + offset] = value
+@pytest.fixture
+def fresh(vmlinux: KernelImage, kernel) -> Callable[[], FakeGuest]:  # noqa: ANN001 - conftest fixture
+    """Guest memory as the host would see it: vmlinux's sections, the repository zero."""
+    tasks = task_layout(kernel)
+    return lambda: FakeGuest(vmlinux, tasks)
 
 
 def plans(image: KernelImage) -> list[SplicePlan]:
@@ -54,35 +43,36 @@ def plans(image: KernelImage) -> list[SplicePlan]:
     return out
 
 
-def cut_and_repair(memory: Memory, writes: list[MemoryWrite], commit: int, cut: int) -> journal.Repair:
+def cut_and_repair(memory: FakeGuest, writes: list[MemoryWrite], commit: int, cut: int) -> journal.Repair:
     """Apply the first ``cut`` writes, as a dying rig would, then repair from the journal alone."""
-    old = [memory.read(w.address, len(w.data)) for w in writes]
+    old = [memory.peek(w.address, len(w.data)) for w in writes]
     payload, header = journal.encode(journal.entry_for("test", writes, old, commit))
     state = journal.decode_header(header)
     assert state is not None and state.open
     entry = journal.decode_payload(state, payload)
     assert entry is not None
     for write in writes[:cut]:
-        memory.write(write)
-    repair = journal.repair(entry, [memory.read(w.address, len(w.data)) for w in writes])
+        memory.poke(write.address, write.data)
+    repair = journal.repair(entry, [memory.peek(w.address, len(w.data)) for w in writes])
     for write in repair.writes:
-        memory.write(write)
+        memory.poke(write.address, write.data)
     return repair
 
 
 @pytest.mark.parametrize("commit_first", [False, True], ids=["splice (point last)", "unsplice (point first)"])
-def test_any_cut_ends_all_old_or_all_new(vmlinux: KernelImage, commit_first: bool) -> None:
+def test_any_cut_ends_all_old_or_all_new(vmlinux: KernelImage, fresh: Callable[[], FakeGuest],
+                                          commit_first: bool) -> None:
     for plan in plans(vmlinux):
         writes = list(plan.undo) if commit_first else list(plan.writes)
         commit = 0 if commit_first else len(writes) - 1
         for cut in range(len(writes) + 1):
-            memory = Memory(vmlinux)
+            memory = fresh()
             if commit_first:  # the splice is live before its undo starts
                 for write in plan.writes:
-                    memory.write(write)
-            before = [memory.read(w.address, len(w.data)) for w in writes]
+                    memory.poke(write.address, write.data)
+            before = [memory.peek(w.address, len(w.data)) for w in writes]
             repair = cut_and_repair(memory, writes, commit, cut)
-            after = [memory.read(w.address, len(w.data)) for w in writes]
+            after = [memory.peek(w.address, len(w.data)) for w in writes]
             landed = cut > commit
             assert repair.direction is (journal.Direction.FORWARD if landed else journal.Direction.BACK)
             if landed:
@@ -90,30 +80,31 @@ def test_any_cut_ends_all_old_or_all_new(vmlinux: KernelImage, commit_first: boo
             else:
                 assert after == before, (plan.summary(), cut)
             # The kernel text at the point is whole: the original or the complete branch.
-            assert memory.read(plan.point, plan.window.length) in (plan.original, plan.new_bytes)
+            assert memory.peek(plan.point, plan.window.length) in (plan.original, plan.new_bytes)
 
 
-def test_overlapping_writes_replay_in_order(vmlinux: KernelImage) -> None:
+def test_overlapping_writes_replay_in_order(fresh: Callable[[], FakeGuest]) -> None:
     """A component load writes a fresh table, then an entry inside it: forward replays both in order."""
     table = MemoryWrite(LAYOUT.base + 0x120000, bytes(64), "component-table")
     entry = MemoryWrite(LAYOUT.base + 0x120010, b"ENTRY!!!", "component-entry")
     assert journal.final_bytes([table, entry]) == [(table.address, bytes(16) + b"ENTRY!!!" + bytes(40)),
                                                    (entry.address, b"ENTRY!!!")]
-    memory = Memory(vmlinux)
+    memory = fresh()
     repair = cut_and_repair(memory, [table, entry], commit=1, cut=2)
     assert repair.direction is journal.Direction.FORWARD
-    assert memory.read(table.address, 64) == bytes(16) + b"ENTRY!!!" + bytes(40)
+    assert memory.peek(table.address, 64) == bytes(16) + b"ENTRY!!!" + bytes(40)
 
 
-def test_install_cut_before_the_gate_leaves_no_repository(vmlinux: KernelImage) -> None:
+def test_install_cut_before_the_gate_leaves_no_repository(vmlinux: KernelImage,
+                                                          fresh: Callable[[], FakeGuest]) -> None:
     """The header written but not the IDT gate: rolled back, the repository is not there at all."""
     gate = idt.make_trap_gate(LAYOUT.handler).encode()
     idt_base = vmlinux.symbol("idt_table").address
     writes = install_writes(LAYOUT, 0x81, idt_base, gate, kernel_int3=vmlinux.symbol("int3").address)
-    memory = Memory(vmlinux)
+    memory = fresh()
     repair = cut_and_repair(memory, writes, commit=len(writes) - 1, cut=len(writes) - 1)
     assert repair.direction is journal.Direction.BACK and "header" in repair.differing
-    assert memory.read(LAYOUT.base, 8) == bytes(8)
+    assert memory.peek(LAYOUT.base, 8) == bytes(8)
 
 
 def test_bytes_neither_old_nor_new_are_not_touched(vmlinux: KernelImage) -> None:

@@ -41,3 +41,33 @@ class GuestMemory(Protocol):
     def read_many(self, regions: Sequence[tuple[int, int]]) -> list[bytes]: ...
 
     def write_memory(self, address: int, data: bytes) -> None: ...
+
+
+class BatchedAccess:
+    """The single-shot reads and writes of :class:`GuestMemory`, each one pipeline: a class that
+    has ``batch()`` mixes this in (the gdb session and the tests' fake both do)."""
+
+    def batch(self) -> Batch:
+        raise NotImplementedError
+
+    def read_memory(self, address: int, length: int) -> bytes:
+        """``length`` bytes of guest memory at (virtual) ``address``."""
+        return self.read_many([(address, length)])[0]
+
+    def read_many(self, regions: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Read several regions with all requests in flight at once."""
+        batch = self.batch()
+        pending = [batch.read(address, length) for address, length in regions]
+        batch.run()
+        return [p.value for p in pending]
+
+    def write_memory(self, address: int, data: bytes) -> None:
+        """Write ``data`` into guest memory at (virtual) ``address``."""
+        self.write_many([(address, data)])
+
+    def write_many(self, writes: Sequence[tuple[int, bytes]]) -> None:
+        """Several writes, all sent before the first answer is read; applied in order."""
+        batch = self.batch()
+        for address, data in writes:
+            batch.write(address, data)
+        batch.run()

@@ -20,6 +20,7 @@ from types import TracebackType
 from rig import tools
 from rig.errors import RigError
 from rig.gdb.batch import Batch
+from rig.gdb.memory import BatchedAccess
 from rig.gdb.mi import GdbCommandError, GdbDied, GdbTimeout, MiChannel, MiResult, mi_quote
 from rig.gdb.stub import StubAddress
 
@@ -27,7 +28,7 @@ _HEX_RE = re.compile(r"0x[0-9a-fA-F]+")
 log = logging.getLogger(__name__)
 
 
-class GdbSession:
+class GdbSession(BatchedAccess):
     """gdb/MI over pipes; every method that talks to gdb has a timeout.
 
     Typical use::
@@ -308,28 +309,6 @@ class GdbSession:
         if not self.is_stopped:
             raise RigError(f"cannot {action} while the guest runs",
                            hint="use 'with gdb.stopped():' or call interrupt() first")
-
-    def read_memory(self, address: int, length: int) -> bytes:
-        """``length`` bytes of guest memory at (virtual) ``address``."""
-        return self.read_many([(address, length)])[0]
-
-    def read_many(self, regions: Sequence[tuple[int, int]]) -> list[bytes]:
-        """Read several regions with all requests in flight at once."""
-        batch = self.batch()
-        pending = [batch.read(address, length) for address, length in regions]
-        batch.run()
-        return [p.value for p in pending]
-
-    def write_memory(self, address: int, data: bytes) -> None:
-        """Write ``data`` into guest memory at (virtual) ``address``."""
-        self.write_many([(address, data)])
-
-    def write_many(self, writes: Sequence[tuple[int, bytes]]) -> None:
-        """Several writes, all sent before the first answer is read; applied in order."""
-        batch = self.batch()
-        for address, data in writes:
-            batch.write(address, data)
-        batch.run()
 
     # --- registers and symbols -----------------------------------------------
 
