@@ -14,7 +14,8 @@ from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import SplicePlan, plan_splice, undo_writes
-from rig.splicer.repository import FREE_KEY, RepositoryLayout, decode_slot, decode_table, encode_table_entry
+from rig.splicer import dispatch
+from rig.splicer.repository import RepositoryLayout, decode_slot
 
 LAYOUT = RepositoryLayout()
 VECTOR = 0x81
@@ -158,10 +159,12 @@ def test_int3_takes_a_one_byte_instruction_alone(image: KernelImage) -> None:
     p = plan(image, "caller", one, Mode.INT3, Policy.SINGLE)
     assert p.window.length == 1 and p.new_bytes == b"\xcc" and p.hops == 0
     assert p.trap_return == one + 1  # the EIP the CPU saves for int3
-    entry = next(w for w in p.writes if w.role == "trap-table")
-    assert entry.data == encode_table_entry(one + 1, p.patch_address)
+    entry = next(w for w in p.writes if w.role == "dispatch")
+    assert entry.address == LAYOUT.bucket(dispatch.home(one + 1))  # an empty table: its home bucket
+    assert entry.data == dispatch.encode_entry(one + 1, p.patch_address)
     assert p.writes[-1].role == "point" and p.undo[0].data == p.original
-    assert any(w.role == "trap-table" for w in p.undo)  # the table entry is released on undo
+    released = next(w for w in p.undo if w.role == "dispatch")  # the bucket is released on undo
+    assert released.address == entry.address and released.data == dispatch.encode_entry(dispatch.FREE, 0)
 
 
 # ---- write order, undo ------------------------------------------------------------------------
@@ -182,9 +185,8 @@ def test_point_is_written_last_and_undo_restores_it(image: KernelImage, mode: Mo
     assert memory.read(point, p.window.length) == image.text_bytes(point, p.window.length)
     for address, data in springs_before.items():
         assert memory.read(address, len(data)) == data
-    # Every mode leaves its slot's table entry released (FREE_KEY), nothing a handler could match.
-    assert memory.read(LAYOUT.table_entry(0), 8)[:4] == FREE_KEY.to_bytes(4, "little")
-    assert decode_table(memory.read(LAYOUT.table_entry(0), 8)) == {}
+    # Every mode leaves nothing in the dispatch table a handler could match.
+    assert dispatch.live_entries(memory.read(LAYOUT.table, dispatch.BUCKETS * dispatch.ENTRY.size)) == {}
     # Undo from the record the guest holds gives the same kernel-text writes.
     record = decode_slot(next(w.data for w in p.writes if w.role == "slot"))
     assert [(w.address, w.data) for w in undo_writes(LAYOUT, 0, record)] == [(w.address, w.data) for w in p.undo]
@@ -193,8 +195,9 @@ def test_point_is_written_last_and_undo_restores_it(image: KernelImage, mode: Mo
 def test_trap_table_entry_maps_return_eip_to_patch(image: KernelImage) -> None:
     point = code_of(image, "caller").instructions[1].address
     p = plan(image, "caller", point, Mode.TRAP, Policy.SINGLE)
-    table = next(w for w in p.writes if w.role == "trap-table")
-    assert decode_table(table.data) == {0: (point + 2, p.patch_address)}
+    entry = next(w for w in p.writes if w.role == "dispatch")
+    assert entry.address == LAYOUT.bucket(dispatch.home(point + 2))
+    assert entry.data == dispatch.encode_entry(point + 2, p.patch_address)
     assert p.trap_return == point + 2 and p.hops == 0
 
 
@@ -269,10 +272,9 @@ def test_trap_with_a_vector_of_its_own_needs_no_table_lookup(image: KernelImage)
     own = OwnVector(vector=0x83, idt_base=0xC0300000, free_gate=free_gate)
     p = plan(image, "caller", long, Mode.TRAP, Policy.SINGLE, own_vector=own)
     assert p.new_bytes[:2] == b"\xcd\x83" and p.trap_return is None
-    # The vector alone says which patch; the slot's table entry is written as released all the
-    # same, so whatever the slot held before cannot be matched by the shared handlers.
-    entry = next(w for w in p.writes if w.role == "trap-table")
-    assert entry.address == LAYOUT.table_entry(0) and decode_table(entry.data) == {}
+    # The vector alone says which patch: no dispatch bucket.
+    assert all(w.role != "dispatch" for w in p.writes)
+    assert decode_slot(next(w.data for w in p.writes if w.role == "slot")).bucket == dispatch.NO_BUCKET
     gate_write = next(w for w in p.writes if w.role == "idt-gate")
     assert gate_write.address == 0xC0300000 + 0x83 * 8 and gate_write.expect == free_gate
     gate = idt.decode_gate(gate_write.data)

@@ -8,7 +8,7 @@ from rig.errors import RigError
 from rig.splicer import idt
 from rig.splicer.image import ByteRange
 from rig.splicer.kinds import Mode, Policy
-from rig.splicer.repository import (RepositoryLayout, SlotRecord, SpringboardRecord, decode_header, decode_slot,
+from rig.splicer.repository import (HANDLER_MAX, RepositoryLayout, SlotRecord, SpringboardRecord, decode_header, decode_slot,
                                     encode_header, encode_slot, install_writes, int3_handler_code,
                                     trap_handler_code)
 from rig.splicer.stackcheck import busy_words
@@ -24,7 +24,7 @@ def test_trap_handler_disassembles_to_the_intended_stub() -> None:
     text = [f"{i.mnemonic} {i.op_str}".strip() for i in insns]
     assert text[0] == f"inc dword ptr [{LAYOUT.handler_hits:#x}]"
     assert text[1:5] == ["push eax", "push esi", "push ecx", "mov eax, dword ptr [esp + 0xc]"]
-    assert text[5:7] == [f"mov esi, {LAYOUT.table:#x}", f"mov ecx, {LAYOUT.slots:#x}"]  # every slot's entry
+    assert text[5:7] == ["imul esi, eax, 0x9e3779b1", "shr esi, 0x13"]  # the home bucket: a hash of the EIP
     assert "mov dword ptr [esp + 0xc], eax" in text  # the saved EIP is replaced
     assert text[-8:] == ["pop ecx", "pop esi", "pop eax", "iretd", "pop ecx", "pop esi", "pop eax", "ud2"]
     # Every branch stays inside the stub.
@@ -49,8 +49,9 @@ def test_slot_round_trip() -> None:
 
 
 def test_layout_regions_do_not_overlap() -> None:
-    assert LAYOUT.handler_hits < LAYOUT.handler < LAYOUT.table < LAYOUT.slot_record(0) < LAYOUT.patch_area(0)
-    assert LAYOUT.patch_area(LAYOUT.slots - 1) + 256 <= LAYOUT.base + LAYOUT.size
+    assert LAYOUT.handler_hits < LAYOUT.handler < LAYOUT.in_use_flag(0) < LAYOUT.table < LAYOUT.slot_record(0)
+    assert LAYOUT.slot_record(LAYOUT.slots) <= LAYOUT.journal < LAYOUT.patch_area(0)
+    assert LAYOUT.slots == 4096 and LAYOUT.patch_area(LAYOUT.slots) <= LAYOUT.bench_scratch < LAYOUT.base + LAYOUT.size
     assert LAYOUT.free_slot([0, 1, 3]) == 2
 
 
@@ -99,4 +100,4 @@ def test_int3_handler_chains_user_mode_and_misses_to_the_kernel() -> None:
     assert text.count("iretd") == 1                 # only a found entry returns into a patch
     assert f"inc dword ptr [{LAYOUT.handler_hits:#x}]" in text
     assert LAYOUT.handler + len(trap_handler_code(LAYOUT)) <= LAYOUT.int3_handler
-    assert LAYOUT.int3_handler + len(code) <= LAYOUT.table
+    assert LAYOUT.int3_handler + len(code) <= LAYOUT.handler + HANDLER_MAX

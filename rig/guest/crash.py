@@ -559,7 +559,7 @@ def _repository_part(address: int, layout: repository.RepositoryLayout) -> str:
     offset = address - layout.base
     if repository.HANDLER_OFFSET <= offset < repository.INT3_HANDLER_OFFSET:
         return f"trap handler stub+{offset - repository.HANDLER_OFFSET:#x}"
-    if repository.INT3_HANDLER_OFFSET <= offset < repository.TABLE_OFFSET:
+    if repository.INT3_HANDLER_OFFSET <= offset < repository.HANDLER_OFFSET + repository.HANDLER_MAX:
         return f"int3 handler stub+{offset - repository.INT3_HANDLER_OFFSET:#x}"
     if layout.patch_area(0) <= address < layout.patch_area(layout.slots):
         slot, within = divmod(address - layout.patch_area(0), repository.PATCH_AREA_SIZE)

@@ -31,7 +31,7 @@ from rig.gdb.session import GdbSession
 from rig.guest.kernel_layout import TaskLayout, task_layout
 from rig.guest.machine import REPOSITORY_PHYS, REPOSITORY_SIZE
 from rig.kernel.build import KernelBuild
-from rig.splicer import idt, journal, modes, repository
+from rig.splicer import dispatch, idt, journal, modes, repository
 from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage
 from rig.splicer.journal import Repair
@@ -150,11 +150,15 @@ class Instrumenter:
         """(guest stopped) Every slot's record, fetching only those the in-use flags name."""
         flags = self.gdb.read_memory(self.layout.in_use_flag(0), self.layout.slots)
         used = [slot for slot, flag in enumerate(flags) if flag]
+        size = repository.SLOT_RECORD_SIZE
         batch = self.gdb.batch()
-        records = {slot: batch.read(self.layout.slot_record(slot), repository.SLOT_RECORD_SIZE) for slot in used}
+        # Slots are taken lowest-free-first, so the live ones mostly form a few runs: one read each.
+        runs = [(first, batch.read(self.layout.slot_record(first), (end - first) * size)) for first, end in _runs(used)]
         batch.run()
-        empty = repository.decode_slot(bytes(repository.SLOT_RECORD_SIZE))
-        return [repository.decode_slot(records[slot].value) if slot in records else empty
+        records = {first + i: raw.value[i * size:(i + 1) * size] for first, raw in runs
+                   for i in range(len(raw.value) // size)}
+        empty = repository.decode_slot(bytes(size))
+        return [repository.decode_slot(records[slot]) if slot in records else empty
                 for slot in range(self.layout.slots)]
 
     def _read_tasks(self) -> list[tuple[int, int]]:
@@ -509,7 +513,7 @@ class Instrumenter:
             journal_header = batch.read(self.layout.journal, journal.HEADER_SIZE)
             gate3 = batch.read(self._int3_gate_address, idt.GATE_SIZE)
             idt_table = batch.read(self.image.symbol("idt_table").address, 256 * idt.GATE_SIZE)
-            table = batch.read(self.layout.table, self.layout.slots * 8)
+            table = batch.read(self.layout.table, dispatch.BUCKETS * dispatch.ENTRY.size)
             batch.run()
             header = self.read_header()
             live = [(i, r) for i, r in enumerate(self.read_slots()) if r.in_use] if header else []
@@ -522,16 +526,15 @@ class Instrumenter:
         differ = [] if guest_text.value == built else [  # the byte walk only where something differs
             start + i for i, (a, b) in enumerate(zip(guest_text.value, built))
             if a != b and not any(start + i in span for span in allowed)]
-        for start, end in _runs(differ):
-            where = self._where(start)
-            problems.append(f"kernel text {start:#x}-{end:#x} ({where}) differs from vmlinux")
-        dispatch = repository.decode_table(table.value)
+        for low, high in _runs(differ):
+            problems.append(f"kernel text {low:#x}-{high:#x} ({self._where(low)}) differs from vmlinux")
+        entries = dispatch.live_entries(table.value)
         for slot, record in live:
             problems += self._audit_splice(slot, record, guest_text.value[record.point - start:][:record.window_length],
-                                           dispatch.get(slot),
-                                           idt.gate_at(idt_table.value, record.vector) if record.vector else None)
-        for slot in set(dispatch) - {slot for slot, _ in live}:
-            problems.append(f"released slot {slot} still has a trap-table entry the handlers would match")
+                                           table.value, idt.gate_at(idt_table.value, record.vector) if record.vector else None)
+        for bucket in set(entries) - {r.bucket for _, r in live}:
+            problems.append(f"dispatch bucket {bucket} holds {entries[bucket]}, which no live splice owns: "
+                            "the handlers would still match it")
         wants_rig = any(r.mode == Mode.INT3 for _, r in live)
         offset = idt.decode_gate(gate3.value).offset
         if offset != (self.layout.int3_handler if wants_rig else self.image.symbol("int3").address):
@@ -539,7 +542,7 @@ class Instrumenter:
                             f"but {'some' if wants_rig else 'no'} int3 splice is live")
         return problems
 
-    def _audit_splice(self, slot: int, record: SlotRecord, window: bytes, entry: tuple[int, int] | None,
+    def _audit_splice(self, slot: int, record: SlotRecord, window: bytes, table: bytes,
                       own_gate: idt.Gate | None) -> list[str]:
         where = f"slot {slot} ({self._where(record.point)})"
         first = {Mode.TRAP: (0xCD,), Mode.INT3: (0xCC,), Mode.JMP: (0xE9, 0xEB)}[Mode(record.mode)]
@@ -547,10 +550,14 @@ class Instrumenter:
         if not window or window[0] not in first:
             problems.append(f"{where}: the point holds {window.hex()}, not its {Mode(record.mode).name.lower()} branch")
         shared = record.mode in (Mode.TRAP, Mode.INT3) and not record.vector
-        if shared and entry != (record.point + record.branch_length, record.patch_address):
-            problems.append(f"{where}: its trap-table entry is {entry}, not (point+{record.branch_length}, patch)")
-        if not shared and entry is not None:
-            problems.append(f"{where}: a {Mode(record.mode).name.lower()} splice with a trap-table entry {entry}")
+        key = record.point + record.branch_length
+        if shared and (dispatch.lookup(table, key) != record.bucket
+                       or dispatch.ENTRY.unpack_from(table, record.bucket * dispatch.ENTRY.size)
+                       != (key, record.patch_address)):
+            problems.append(f"{where}: the handlers do not find (point+{record.branch_length}, patch) "
+                            f"in its bucket {record.bucket}")
+        if not shared and record.bucket != dispatch.NO_BUCKET:
+            problems.append(f"{where}: a {Mode(record.mode).name.lower()} splice holds dispatch bucket {record.bucket}")
         if own_gate is not None and own_gate.offset != self.layout.vector_stub(slot):
             problems.append(f"{where}: its own vector {record.vector:#x} points at {own_gate.offset:#x}")
         return problems

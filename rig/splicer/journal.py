@@ -17,7 +17,7 @@ the next command finds it and finishes the job in one direction:
   (the user is told to reboot the guest).
 
 The journal lives in the repository region (:data:`JOURNAL_OFFSET`), which the kernel never
-uses. Only the host reads it, so the payload is zlib-compressed JSON; a header with a CRC
+uses. Only the host reads it, so the payload is zlib-compressed packed records; a header with a CRC
 makes a torn journal write (the payload written, the header not) read as "nothing to repair":
 the header is written after the payload and before any other write.
 
@@ -26,7 +26,6 @@ Pure: bytes in, records and decisions out; :mod:`rig.instrument.transaction` doe
 from __future__ import annotations
 
 import enum
-import json
 import struct
 import zlib
 from collections.abc import Sequence
@@ -35,8 +34,10 @@ from dataclasses import dataclass
 from rig.errors import RigError
 from rig.splicer.memory import MemoryWrite
 
-JOURNAL_OFFSET = 0x5000        # after the slot table (base+0x1000 + 128 slots x 128 bytes)
-JOURNAL_SIZE = 0xB000          # up to the patch areas at base+0x10000
+JOURNAL_OFFSET = 0x92000       # after the slot table (base+0x12000 + 4096 slots x 128 bytes)
+JOURNAL_SIZE = 0x6E000         # up to the patch areas at base+0x100000: a batch of 1000 splices fits
+_COUNTS = struct.Struct("<III")        # commit index, write count, operation length
+_WRITE = struct.Struct("<IIB")         # address, length, role length
 JOURNAL_MAGIC = b"TSJOURNL"
 _HEADER = struct.Struct("<8sIIII")  # magic, state, payload length, payload crc32, sequence
 HEADER_SIZE = _HEADER.size
@@ -106,12 +107,16 @@ def entry_for(operation: str, writes: Sequence[MemoryWrite], old: Sequence[bytes
 
 def encode(entry: JournalEntry) -> tuple[bytes, bytes]:
     """(payload, header): write the payload first, then the header that makes it count."""
-    body = {"operation": entry.operation, "commit": entry.commit,
-            "writes": [[w.address, w.role, w.old.hex(), w.new.hex()] for w in entry.writes]}
-    payload = zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+    operation = entry.operation.encode()
+    parts = [_COUNTS.pack(entry.commit, len(entry.writes), len(operation)), operation]
+    for write in entry.writes:
+        role = write.role.encode()
+        parts += [_WRITE.pack(write.address, write.length, len(role)), role, write.old, write.new]
+    payload = zlib.compress(b"".join(parts), 6)
     if HEADER_SIZE + len(payload) > JOURNAL_SIZE:
-        raise RigError(f"'{entry.operation}' needs a {len(payload)}-byte journal, the guest keeps {JOURNAL_SIZE - HEADER_SIZE}",
-                       "split the change into smaller ones (e.g. a smaller component)")
+        raise RigError(f"'{entry.operation}' needs a {len(payload)}-byte journal, "
+                       f"the guest keeps {JOURNAL_SIZE - HEADER_SIZE}",
+                       "split the change into smaller ones (fewer points in a batch, a smaller component)")
     header = _HEADER.pack(JOURNAL_MAGIC, OPEN, len(payload), zlib.crc32(payload), entry.sequence)
     return payload, header
 
@@ -141,10 +146,20 @@ def decode_payload(header: HeaderState, payload: bytes) -> JournalEntry | None:
     write: the header is written last, so nothing else was written yet)."""
     if not header.open or zlib.crc32(payload) != header.crc:
         return None
-    body = json.loads(zlib.decompress(payload))
-    writes = tuple(JournaledWrite(address, role, bytes.fromhex(old), bytes.fromhex(new))
-                   for address, role, old, new in body["writes"])
-    return JournalEntry(body["operation"], writes, body["commit"], header.sequence)
+    body = zlib.decompress(payload)
+    commit, count, length = _COUNTS.unpack_from(body)
+    offset = _COUNTS.size + length
+    operation = body[_COUNTS.size:offset].decode()
+    writes = []
+    for _ in range(count):
+        address, size, role_length = _WRITE.unpack_from(body, offset)
+        offset += _WRITE.size
+        role = body[offset:offset + role_length].decode()
+        offset += role_length
+        old, new = body[offset:offset + size], body[offset + size:offset + 2 * size]
+        offset += 2 * size
+        writes.append(JournaledWrite(address, role, old, new))
+    return JournalEntry(operation, tuple(writes), commit, header.sequence)
 
 
 def repair(entry: JournalEntry, current: Sequence[bytes]) -> Repair:

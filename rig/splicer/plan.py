@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import iced_x86 as ix
 
-from rig.splicer import modes
+from rig.splicer import dispatch, modes
 from rig.splicer import springboard as sb
 from rig.splicer.analysis import FunctionCode, Instruction, decode
 from rig.splicer.image import ByteRange
@@ -22,8 +22,8 @@ from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.modes import BranchRequest, OwnVector, SpliceMode
 from rig.splicer.modes.jmp import Springboard, encode_hops
-from rig.splicer.repository import (FREE_KEY, MAX_SPRINGBOARDS, PATCH_AREA_SIZE, PATCH_CODE_OFFSET, SLOT_RECORD_SIZE,
-                                    RepositoryLayout, SlotRecord, SpringboardRecord, encode_slot, encode_table_entry)
+from rig.splicer.repository import (MAX_SPRINGBOARDS, PATCH_AREA_SIZE, PATCH_CODE_OFFSET, SLOT_RECORD_SIZE,
+                                    RepositoryLayout, SlotRecord, SpringboardRecord, encode_slot)
 from rig.splicer.sections import freed_after_boot, why_not_spliceable
 
 __all__ = ["SplicePlan", "TACTICS", "Tactic", "plan_auto", "plan_splice", "undo_writes"]
@@ -115,10 +115,13 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
     original = b"".join(i.bytes for i in instructions)
     boards = tuple(encode_hops(branch.route, springboard_space, patch_address))
     hops = 1 + len(boards) if mode is Mode.JMP else 0
+    key = strategy.trap_return(point, branch)
+    bucket = dispatch.place(key, {r.bucket for r in active if r.in_use}) if key is not None else dispatch.NO_BUCKET
     record = SlotRecord(True, int(mode), int(policy), window.length, len(branch.data), hops, point, window.end,
                         patch_address, counter or 0, original,
-                        tuple(SpringboardRecord(b.address, b.original) for b in boards), strategy.recorded_vector)
-    writes = _writes(strategy, layout, slot, record, branch, patch_code, boards)
+                        tuple(SpringboardRecord(b.address, b.original) for b in boards), strategy.recorded_vector,
+                        bucket)
+    writes = _writes(strategy, layout, slot, record, branch, patch_code, boards, key)
     after = [*decode(branch.new_bytes, point), *decode(patch_code, patch_address)]
     for board in boards:
         after += decode(board.data, board.address)
@@ -161,12 +164,13 @@ def plan_auto(code: FunctionCode, point: int, mode: Mode, layout: RepositoryLayo
 
 # ---- writes and undo ----------------------------------------------------------------------------
 def _writes(strategy: SpliceMode, layout: RepositoryLayout, slot: int, record: SlotRecord, branch: modes.Branch,
-            patch_code: bytes, boards: Sequence[Springboard]) -> list[MemoryWrite]:
+            patch_code: bytes, boards: Sequence[Springboard], key: int | None) -> list[MemoryWrite]:
     """Apply order: everything the branch leads to first, the branch itself last."""
     writes = [MemoryWrite(layout.patch_area(slot), strategy.patch_head(layout, slot) + patch_code, "patch")]
     writes += [MemoryWrite(b.address, b.data, "springboard", expect=b.original) for b in boards]
-    entry = strategy.table_entry(record.point, branch, record.patch_address)
-    writes.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(*entry), "trap-table"))
+    if key is not None:  # dispatched by the shared handlers: the bucket goes live before the point
+        writes.append(MemoryWrite(layout.bucket(record.bucket), dispatch.encode_entry(key, record.patch_address),
+                                  "dispatch"))
     writes.append(MemoryWrite(layout.slot_record(slot), encode_slot(record), "slot"))
     writes.append(MemoryWrite(layout.in_use_flag(slot), b"\x01", "slot-flag"))
     writes += strategy.dispatch_writes(layout, slot)
@@ -191,7 +195,8 @@ def _undo(strategy: SpliceMode, layout: RepositoryLayout, slot: int, record: Slo
           expect_new: bytes | None = None) -> list[MemoryWrite]:
     undo = [MemoryWrite(record.point, record.original, "point", expect=expect_new)]
     undo += [MemoryWrite(b.address, b.original, "springboard") for b in record.springboards]
-    undo.append(MemoryWrite(layout.table_entry(slot), encode_table_entry(FREE_KEY, 0), "trap-table"))
+    if record.bucket != dispatch.NO_BUCKET:  # released, not emptied: later keys' probes walk past it
+        undo.append(MemoryWrite(layout.bucket(record.bucket), dispatch.encode_entry(dispatch.FREE, 0), "dispatch"))
     undo.append(MemoryWrite(layout.slot_record(slot), bytes(SLOT_RECORD_SIZE), "slot"))
     undo.append(MemoryWrite(layout.in_use_flag(slot), b"\x00", "slot-flag"))
     return undo + strategy.dispatch_undo(layout, slot, record)

@@ -5,28 +5,25 @@ parameters leave reserved (the kernel never allocates it) while 2.4 still maps i
 map. Everything the host needs to know about live splices is stored here, so the guest memory,
 not a host-side file, is the record of what is spliced:
 
-    base+0x0000  header   magic "TRAPSPLC", version, size, vector, handler address, handler hits,
-                          slot count, table/slot/patch addresses, patch area size
-    base+0x0040  in-use flags, one byte per slot (an index of the slot table: 128 bytes to read, not 16 KiB;
-                 the records stay the truth: a flag set on a record not in use is skipped)
-    base+0x0100  trap handler stub (interrupt gate target)
-    base+0x0180  int3 handler stub (vector 3 while int3 splices exist; chains to the kernel's)
-    base+0x0200  trap table: (return EIP, patch address) u32 pairs, one per slot; every splice writes
-                 its slot's entry (FREE_KEY where the mode dispatches without it: jmp, own vector),
-                 and the handlers scan every slot's entry, so no entry can hide another
-    base+0x1000  slot table: one SLOT_RECORD_SIZE record per slot
-    base+0x5000  write journal (rig.splicer.journal): the open transaction, if a rig process died in one
-    base+0x10000 patch areas: PATCH_AREA_SIZE each; hit counter at +0, code at +PATCH_CODE_OFFSET
-    base+0x20000 bench scratch (BENCH_SCRATCH_*): the benchmarks' floor code and samples, never
-                 used by splices; rig.bench lays it out and clears it after a run
-    base+0x120000 component table (rig.splicer.component_table): which components are loaded where
-    base+0x121000 component region: loaded components' code and data, to the end of the repository
+    base+0x000000 header   magic "TRAPSPLC", version, size, vector, handler address, handler hits,
+                           slot count, table/slot/patch addresses, patch area size
+    base+0x000100 trap handler stub (interrupt gate target)
+    base+0x000200 int3 handler stub (vector 3 while int3 splices exist; chains to the kernel's)
+    base+0x001000 in-use flags, one byte per slot (an index of the slot table: a reader fetches only
+                  the live records; the records stay the truth)
+    base+0x002000 dispatch table (rig.splicer.dispatch): BUCKETS (key, patch) u32 pairs, open
+                  addressing on the trapping EIP; a trap or int3 splice through the shared handlers
+                  holds one bucket, named in its slot record
+    base+0x012000 slot table: one SLOT_RECORD_SIZE record per slot (DEFAULT_SLOTS = 4096)
+    base+0x092000 write journal (rig.splicer.journal): the open transaction, if a rig process died in one
+    base+0x100000 patch areas: PATCH_AREA_SIZE each; hit counter at +0, code at +PATCH_CODE_OFFSET
+    base+0x200000 bench scratch (BENCH_SCRATCH_*): the benchmarks' floor code and samples, never
+                  used by splices; rig.bench lays it out and clears it after a run
+    base+0x300000 component table (rig.splicer.component_table): which components are loaded where
+    base+0x301000 component region: loaded components' code and data, to the end of the repository
 
 The header keeps no "slots in use" count: it would duplicate the in-use flags of the slot
 records and could go stale if an apply is interrupted; count in-use records instead.
-The handlers' scan covers all ``slots`` entries whatever they hold (an earlier design stopped
-at the first zero key, so a jmp splice in slot 0 hid a trap splice in slot 1 and crashed the
-guest): which slot a splice takes and what its neighbours are can never hide it.
 """
 from __future__ import annotations
 
@@ -37,41 +34,43 @@ from dataclasses import dataclass, field
 import iced_x86 as ix
 
 from rig.errors import RigError
+from rig.splicer import dispatch
 from rig.splicer.journal import JOURNAL_OFFSET, JOURNAL_SIZE
 from rig.splicer.memory import MemoryWrite
 
 MAGIC = b"TRAPSPLC"
-VERSION = 1
+VERSION = 2                   # 2: 4096 slots, hashed dispatch (1: 128 slots, a scanned table)
 DEFAULT_BASE = 0xC1000000
 DEFAULT_SIZE = 4 << 20
 HANDLER_OFFSET = 0x100
-HANDLER_MAX = 0x100
-INT3_HANDLER_OFFSET = 0x180   # second half of the handler region: the int3 stub
-TABLE_OFFSET = 0x200
-SLOT_TABLE_OFFSET = 0x1000
-IN_USE_OFFSET = 0x40          # one byte per slot, 1 = in use: an index so a reader fetches only live records
+INT3_HANDLER_OFFSET = 0x200
+HANDLER_MAX = 0x200           # both stubs: code a vCPU may be dispatching a splice in
+IN_USE_OFFSET = 0x1000        # one byte per slot, 1 = in use
+TABLE_OFFSET = 0x2000
+SLOT_TABLE_OFFSET = TABLE_OFFSET + dispatch.BUCKETS * dispatch.ENTRY.size
 SLOT_RECORD_SIZE = 128
-PATCH_OFFSET = 0x10000
+DEFAULT_SLOTS = 4096
+PATCH_OFFSET = 0x100000
 PATCH_AREA_SIZE = 256
 PATCH_CODE_OFFSET = 16
 VECTOR_STUB_OFFSET = 4        # between the hit counter and the code: 8 bytes of own-vector stub
-DEFAULT_SLOTS = 128
-FREE_KEY = 0xFFFFFFFF
+FREE_KEY = dispatch.FREE
 MAX_ORIGINAL = 16
 MAX_SPRINGBOARDS = 6
 SPRINGBOARD_MAX_BYTES = 7
-BENCH_SCRATCH_OFFSET = 0x20000   # after the patch areas of DEFAULT_SLOTS slots
+BENCH_SCRATCH_OFFSET = PATCH_OFFSET + DEFAULT_SLOTS * PATCH_AREA_SIZE
 BENCH_SCRATCH_SIZE = 0x100000
 COMPONENT_TABLE_OFFSET = BENCH_SCRATCH_OFFSET + BENCH_SCRATCH_SIZE
 COMPONENT_TABLE_SIZE = 0x1000
 COMPONENT_REGION_OFFSET = COMPONENT_TABLE_OFFSET + COMPONENT_TABLE_SIZE
+assert IN_USE_OFFSET + DEFAULT_SLOTS <= TABLE_OFFSET
 assert SLOT_TABLE_OFFSET + DEFAULT_SLOTS * SLOT_RECORD_SIZE <= JOURNAL_OFFSET
 assert JOURNAL_OFFSET + JOURNAL_SIZE <= PATCH_OFFSET
+assert COMPONENT_REGION_OFFSET < DEFAULT_SIZE
 
 _HEADER = struct.Struct("<8sIIIIIIIIII")
 HEADER_HITS_OFFSET = 8 + 4 * 4  # magic, version, size, vector, handler -> hits
-_TABLE_ENTRY = struct.Struct("<II")
-_SLOT_HEAD = struct.Struct(f"<BBBBBBBBIIII{MAX_ORIGINAL}s")
+_SLOT_HEAD = struct.Struct(f"<BBBBBBBBIIII{MAX_ORIGINAL}sH")
 _SPRINGBOARD = struct.Struct(f"<IB{SPRINGBOARD_MAX_BYTES}s")
 
 
@@ -110,6 +109,7 @@ class SlotRecord:
     original: bytes
     springboards: tuple[SpringboardRecord, ...] = field(default_factory=tuple)
     vector: int = 0  # trap splice with a vector of its own (no table lookup); 0: none
+    bucket: int = dispatch.NO_BUCKET  # its dispatch table bucket (shared trap and int3 splices)
 
 
 @dataclass(frozen=True)
@@ -119,14 +119,12 @@ class RepositoryLayout:
     slots: int = DEFAULT_SLOTS
 
     def __post_init__(self) -> None:
-        if self.patch_area(self.slots - 1) + PATCH_AREA_SIZE > self.base + self.size:
-            raise RigError(f"{self.slots} slots do not fit in {self.size:#x} bytes at {self.base:#x}",
-                           "use fewer slots or a larger repository")
-        if IN_USE_OFFSET + self.slots > HANDLER_OFFSET:
-            raise RigError(f"{self.slots} in-use flags overflow the header region", "use at most 128 slots")
-        if self.table + (self.slots + 1) * _TABLE_ENTRY.size > self.base + SLOT_TABLE_OFFSET \
-                or self.slot_record(self.slots) > self.journal:
-            raise RigError(f"{self.slots} slots overflow the table regions", "use at most 128 slots")
+        if not 0 < self.slots <= DEFAULT_SLOTS:
+            raise RigError(f"{self.slots} slots: the layout has room for 1 to {DEFAULT_SLOTS}",
+                           f"use at most {DEFAULT_SLOTS} slots")
+        if self.base + COMPONENT_REGION_OFFSET > self.base + self.size:
+            raise RigError(f"the layout does not fit in {self.size:#x} bytes at {self.base:#x}",
+                           f"use a repository of at least {COMPONENT_REGION_OFFSET:#x} bytes")
 
     @property
     def handler(self) -> int:
@@ -148,9 +146,11 @@ class RepositoryLayout:
     def table(self) -> int:
         return self.base + TABLE_OFFSET
 
-    def table_entry(self, slot: int) -> int:
-        self._check_slot(slot)
-        return self.table + slot * _TABLE_ENTRY.size
+    def bucket(self, index: int) -> int:
+        """Where dispatch table bucket ``index`` lives."""
+        if not 0 <= index < dispatch.BUCKETS:
+            raise RigError(f"bucket {index} is outside 0..{dispatch.BUCKETS - 1}", "a slot record is damaged")
+        return self.table + index * dispatch.ENTRY.size
 
     def in_use_flag(self, slot: int) -> int:
         self._check_slot(slot)
@@ -175,10 +175,6 @@ class RepositoryLayout:
     @property
     def bench_scratch(self) -> int:
         """Start of the region the benchmarks own (floor code, sample arrays)."""
-        if self.patch_area(self.slots) > self.base + BENCH_SCRATCH_OFFSET \
-                or BENCH_SCRATCH_OFFSET + BENCH_SCRATCH_SIZE > self.size:
-            raise RigError("the bench scratch region overlaps the patch areas or leaves the repository",
-                           "use the default repository layout for benchmarks")
         return self.base + BENCH_SCRATCH_OFFSET
 
     def contains(self, address: int) -> bool:
@@ -231,7 +227,7 @@ def encode_slot(record: SlotRecord) -> bytes:
                            record.branch_length, record.hops, len(record.springboards), record.vector,
                            record.point,
                            record.return_address, record.patch_address, record.counter_address,
-                           record.original.ljust(MAX_ORIGINAL, b"\0"))
+                           record.original.ljust(MAX_ORIGINAL, b"\0"), record.bucket)
     boards = b"".join(_SPRINGBOARD.pack(sb.address, len(sb.original), sb.original)
                       for sb in record.springboards)
     return (head + boards).ljust(SLOT_RECORD_SIZE, b"\0")
@@ -239,26 +235,13 @@ def encode_slot(record: SlotRecord) -> bytes:
 
 def decode_slot(raw: bytes) -> SlotRecord:
     (in_use, mode, policy, window, branch, hops, n_boards, vector, point, ret, patch, counter,
-     original) = _SLOT_HEAD.unpack_from(raw)
+     original, bucket) = _SLOT_HEAD.unpack_from(raw)
     boards = []
     for i in range(min(n_boards, MAX_SPRINGBOARDS)):
         address, length, data = _SPRINGBOARD.unpack_from(raw, _SLOT_HEAD.size + i * _SPRINGBOARD.size)
         boards.append(SpringboardRecord(address, data[:length]))
     return SlotRecord(bool(in_use), mode, policy, window, branch, hops, point, ret, patch, counter,
-                      original[:window], tuple(boards), vector)
-
-
-def encode_table_entry(return_eip: int, patch: int) -> bytes:
-    return _TABLE_ENTRY.pack(return_eip, patch)
-
-
-def decode_table(raw: bytes) -> dict[int, tuple[int, int]]:
-    """The entries a handler would dispatch on, by slot: {slot: (return EIP, patch)}.
-
-    Like the handlers' scan, every entry counts whatever its neighbours hold; 0 (never written)
-    and FREE_KEY (no dispatch through the table) are left out."""
-    return {slot: (key, patch) for slot, (key, patch) in enumerate(_TABLE_ENTRY.iter_unpack(raw[: len(raw) // 8 * 8]))
-            if key not in (0, FREE_KEY)}
+                      original[:window], tuple(boards), vector, bucket)
 
 
 # ---- the trap handler stub --------------------------------------------------------------------
@@ -267,19 +250,22 @@ def _label(label: int, instr: ix.Instruction) -> ix.Instruction:
     return instr
 
 
-def _table_scan(layout: RepositoryLayout, scan: int, found: int, missing: int) -> list[ix.Instruction]:
-    """eax = saved EIP; look at every slot's entry (ecx counts them): to ``found`` with esi at the
-    entry, or ``missing``. No key value ends the scan early, so no entry can hide another."""
+def _hash_probe(layout: RepositoryLayout, scan: int, found: int, missing: int) -> list[ix.Instruction]:
+    """eax = saved EIP; esi = its home bucket (rig.splicer.dispatch.home), then linear probing: to
+    ``found`` with esi at the bucket, or ``missing`` at an EMPTY one. ecx holds the bucket's key."""
     mem, reg, code = ix.MemoryOperand, ix.Register, ix.Code
+    key = mem(reg.NONE, reg.ESI, 8, layout.table, 4)
     return [
-        ix.Instruction.create_reg_u32(code.MOV_R32_IMM32, reg.ESI, layout.table),
-        ix.Instruction.create_reg_u32(code.MOV_R32_IMM32, reg.ECX, layout.slots),
-        _label(scan, ix.Instruction.create_reg_mem(code.CMP_R32_RM32, reg.EAX, mem(reg.ESI))),
+        ix.Instruction.create_reg_reg_u32(code.IMUL_R32_RM32_IMM32, reg.ESI, reg.EAX, dispatch.MULTIPLIER),
+        ix.Instruction.create_reg_u32(code.SHR_RM32_IMM8, reg.ESI, dispatch.SHIFT),
+        _label(scan, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.ECX, key)),
+        ix.Instruction.create_reg_reg(code.CMP_R32_RM32, reg.ECX, reg.EAX),
         ix.Instruction.create_branch(code.JE_REL8_32, found),
-        ix.Instruction.create_reg_i32(code.ADD_RM32_IMM8, reg.ESI, 8),
-        ix.Instruction.create_reg(code.DEC_R32, reg.ECX),
-        ix.Instruction.create_branch(code.JNE_REL8_32, scan),
-        ix.Instruction.create_branch(code.JMP_REL8_32, missing),
+        ix.Instruction.create_reg_reg(code.TEST_RM32_R32, reg.ECX, reg.ECX),
+        ix.Instruction.create_branch(code.JE_REL8_32, missing),
+        ix.Instruction.create_reg(code.INC_R32, reg.ESI),
+        ix.Instruction.create_reg_u32(code.AND_RM32_IMM32, reg.ESI, dispatch.BUCKETS - 1),
+        ix.Instruction.create_branch(code.JMP_REL8_32, scan),
     ]
 
 
@@ -311,8 +297,9 @@ def _lookup(layout: RepositoryLayout, scan: int, found: int, missing: int) -> li
     return [
         *_save(),
         ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESP, displ=_SAVED_EIP, displ_size=1)),
-        *_table_scan(layout, scan, found, missing),
-        _label(found, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX, mem(reg.ESI, displ=4, displ_size=1))),
+        *_hash_probe(layout, scan, found, missing),
+        _label(found, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.EAX,
+                                                    mem(reg.NONE, reg.ESI, 8, layout.table + 4, 4))),
         ix.Instruction.create_mem_reg(code.MOV_RM32_R32, mem(reg.ESP, displ=_SAVED_EIP, displ_size=1), reg.EAX),
     ]
 
@@ -377,7 +364,8 @@ def vector_stub_code(layout: RepositoryLayout, slot: int) -> bytes:
 
 def install_writes(layout: RepositoryLayout, vector: int, idt_base: int | None = None,
                    gate: bytes | None = None, kernel_int3: int | None = None) -> list[MemoryWrite]:
-    """Writes that set up an empty repository; the IDT gate (if given) goes last.
+    """Writes that set up an empty repository; the IDT gate (if given) goes last. The slot table is
+    not cleared: a record counts only while its in-use flag is set, and a splice writes it whole.
 
     With ``kernel_int3`` (the kernel's own vector-3 entry) the int3 stub is written too; it stays
     unused until an int3 splice re-points vector 3 at it."""
@@ -385,8 +373,7 @@ def install_writes(layout: RepositoryLayout, vector: int, idt_base: int | None =
         MemoryWrite(layout.handler, trap_handler_code(layout), "handler"),
         *([MemoryWrite(layout.int3_handler, int3_handler_code(layout, kernel_int3), "int3-handler")]
           if kernel_int3 is not None else []),
-        MemoryWrite(layout.table, bytes((layout.slots + 1) * _TABLE_ENTRY.size), "trap-table"),
-        MemoryWrite(layout.slot_record(0), bytes(layout.slots * SLOT_RECORD_SIZE), "slot-table"),
+        MemoryWrite(layout.table, bytes(dispatch.BUCKETS * dispatch.ENTRY.size), "dispatch-table"),
         MemoryWrite(layout.in_use_flag(0), bytes(layout.slots), "slot-flags"),
         MemoryWrite(layout.base, encode_header(layout.header(vector)), "header"),
     ]

@@ -11,7 +11,7 @@ from rig.splicer.analysis import FunctionCode
 from rig.splicer.image import ByteRange
 from rig.splicer.kinds import Mode, Policy
 from rig.splicer.memory import MemoryWrite
-from rig.splicer.repository import FREE_KEY, PATCH_CODE_OFFSET, RepositoryLayout, SlotRecord
+from rig.splicer.repository import PATCH_CODE_OFFSET, RepositoryLayout, SlotRecord
 
 FILLER = 0xCC  # window bytes after the branch: int3, so a stray jump there stops loudly
 
@@ -54,12 +54,6 @@ class SpliceMode:
         """The EIP the shared handlers look up (the byte after a trapping instruction); None when
         the mode does not dispatch through the trap table."""
         return None
-
-    def table_entry(self, point: int, branch: Branch, patch: int) -> tuple[int, int]:
-        """Every splice owns its slot's table entry, dispatching through it or not, so nothing a
-        slot held before can be matched by the handlers."""
-        trap_return = self.trap_return(point, branch)
-        return (trap_return, patch) if trap_return is not None else (FREE_KEY, 0)
 
     def patch_head(self, layout: RepositoryLayout, slot: int) -> bytes:
         """The patch area's first PATCH_CODE_OFFSET bytes: the hit counter (0), and whatever the
