@@ -534,3 +534,17 @@ def test_shared_handler_miss_oopses_in_the_handler(world: World) -> None:
     assert LAYOUT.handler <= out.eip < LAYOUT.handler + HANDLER_MAX
     assert rig.machine.read(out.eip, 2) == b"\x0f\x0b"
     assert (out.registers["eax"], out.registers["ecx"], out.registers["esi"]) == (0x1111, 0x2222, 0x3333)
+
+
+def test_a_miss_ends_even_when_no_bucket_is_empty(world: World) -> None:
+    """Released buckets are never emptied: after enough churn a table may hold no EMPTY bucket. A
+    lookup miss must still end (the handlers count their probes) at the ud2, not loop forever."""
+    rig = EmulatedRig(world)
+    rig.machine.write(LAYOUT.table, dispatch_table.encode_entry(dispatch_table.FREE, 0) * dispatch_table.BUCKETS)
+    scratch = 0xC0800000
+    rig.machine.write(scratch, bytes([0xCD, rig.vector]))
+    zone = [ByteRange(scratch, 2), ByteRange(LAYOUT.handler, HANDLER_MAX)]
+    out = rig.machine.run(scratch, CpuState(eax=0x1111), zone,
+                          budget=200_000)
+    assert out.stop == "fault" and rig.machine.read(out.eip, 2) == b"\x0f\x0b", out.describe()
+    assert out.registers["eax"] == 0x1111

@@ -23,10 +23,11 @@ def test_trap_handler_disassembles_to_the_intended_stub() -> None:
     assert sum(i.size for i in insns) == len(code)
     text = [f"{i.mnemonic} {i.op_str}".strip() for i in insns]
     assert text[0] == f"inc dword ptr [{LAYOUT.handler_hits:#x}]"
-    assert text[1:5] == ["push eax", "push esi", "push ecx", "mov eax, dword ptr [esp + 0xc]"]
-    assert text[5:7] == ["imul esi, eax, 0x9e3779b1", "shr esi, 0x13"]  # the home bucket: a hash of the EIP
-    assert "mov dword ptr [esp + 0xc], eax" in text  # the saved EIP is replaced
-    assert text[-8:] == ["pop ecx", "pop esi", "pop eax", "iretd", "pop ecx", "pop esi", "pop eax", "ud2"]
+    assert text[1:6] == ["push eax", "push esi", "push ecx", "push edx", "mov eax, dword ptr [esp + 0x10]"]
+    assert text[6:8] == ["imul esi, eax, 0x9e3779b1", "shr esi, 0x13"]  # the home bucket: a hash of the EIP
+    assert "mov dword ptr [esp + 0x10], eax" in text  # the saved EIP is replaced
+    assert text[-10:] == ["pop edx", "pop ecx", "pop esi", "pop eax", "iretd",
+                          "pop edx", "pop ecx", "pop esi", "pop eax", "ud2"]
     # Every branch stays inside the stub.
     for insn in insns:
         if insn.mnemonic.startswith("j"):

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar, overload
 
 from rig.errors import RigError
 from rig.gdb.batch import Batch, Pending
@@ -76,6 +76,31 @@ class SpliceResult:
     busy_retries: int
     vector: int
     prep_stall_s: float = 0.0  # the earlier stop that read the repository and the task list
+
+
+@dataclass(frozen=True)
+class PointRequest:
+    """One point of a batch, with everything :meth:`Instrumenter.splice` takes."""
+
+    function: str
+    mode: Mode = Mode.TRAP
+    policy: Policy | None = None      # None: auto (the tactics in turn)
+    offset: int | None = None
+    address: int | None = None
+    patch_kind: PatchKind = PatchKind.COUNTER
+    springboards: int | None = None
+    call_target: int | None = None
+    own_vector: bool = False
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    plans: list[SplicePlan]
+    vectors: list[int]                # per plan: the IDT vector its branch raises (0: a jmp)
+    refused: list[tuple[PointRequest, SpliceRefused]]
+    stall_s: float                    # host time the guest was held stopped to check and write them all
+    prep_stall_s: float
+    busy_retries: int
 
 
 @dataclass(frozen=True)
@@ -224,8 +249,17 @@ class Instrumenter:
         with self.gdb.stopped():
             yield
 
-    def prep(self, install: bool = True, read_idt: bool = False) -> GuestSnapshot:
+    @overload
+    def prep(self, install: bool = True, read_idt: bool = False, missing_ok: Literal[False] = False) -> GuestSnapshot: ...
+
+    @overload
+    def prep(self, install: bool = True, read_idt: bool = False, *, missing_ok: bool) -> GuestSnapshot | None: ...
+
+    def prep(self, install: bool = True, read_idt: bool = False, missing_ok: bool = False) -> GuestSnapshot | None:
+        """The prep stop. ``missing_ok``: no repository yet is None, not an error (nothing to undo)."""
         with self._stopped():
+            if missing_ok and not install and self.read_header() is None:
+                return None
             snap = self.snapshot(install=install, read_idt=read_idt)
         self.last_prep_stall_s = self.gdb.last_stall_s
         return snap
@@ -335,58 +369,100 @@ class Instrumenter:
                patch_kind: PatchKind = PatchKind.COUNTER, retries: int = 20,
                springboards: int | None = None, call_target: int | None = None,
                own_vector: bool = False) -> SpliceResult:
-        """``springboards``/``call_target``: see :func:`rig.splicer.plan.plan_splice` (benchmarks).
-        ``own_vector`` (trap mode): dispatch through a free IDT vector of the splice's own instead
-        of the shared vector's table lookup."""
-        code, point = self.resolve_point(function, offset, address)
-        snap = self.prep(read_idt=own_vector)
-        records = [record for _, record in snap.active()]
-        slot = self.layout.free_slot(index for index, _ in snap.active())
-        own = self._free_own_vector(snap) if own_vector else None
-        plan = self._plan(code, point, mode, policy, slot, patch_kind, snap.header.vector, records,
-                          springboards=springboards, call_target=call_target, own_vector=own)
-        patch_area = ByteRange(self.layout.patch_area(slot), repository.PATCH_AREA_SIZE)
-        slot_before = repository.encode_slot(snap.slots[slot])
-        # int3: vector 3 is re-pointed at the rig's stub just before the point.
-        gate = self._int3_gate_writes(snap.int3_gate, to_rig=True) if mode is Mode.INT3 else []
-        *body, point_write = plan.writes
-        transaction = Transaction(self.gdb, self.layout, f"splice {plan.summary()}",
-                                  [[*body, *gate], [point_write]], commit=point_write)
+        """One splice (a batch of one). ``springboards``/``call_target``: see
+        :func:`rig.splicer.plan.plan_splice` (benchmarks). ``own_vector`` (trap mode): dispatch
+        through a free IDT vector of the splice's own instead of the shared vector's table lookup."""
+        request = PointRequest(function, mode, policy, offset, address, patch_kind, springboards, call_target,
+                               own_vector)
+        done = self.splice_many([request], retries=retries)
+        return SpliceResult(done.plans[0], done.stall_s, done.busy_retries, done.vectors[0],
+                            prep_stall_s=done.prep_stall_s)
+
+    def splice_many(self, requests: Sequence[PointRequest], retries: int = 20, strict: bool = True) -> BatchResult:
+        """Plan every point, then apply them all in one guest stop, all or nothing (the kernel's
+        ``text_poke_bp_batch`` is the model): the repository side of every splice written and read
+        back first, then every point. ``strict``: the first refusal in planning ends the batch
+        (else refused points are listed in the result and the rest goes ahead)."""
+        resolved = [(request, *self.resolve_point(request.function, request.offset, request.address))
+                    for request in requests]
+        snap = self.prep(read_idt=any(request.own_vector for request in requests))
+        live = [record for _, record in snap.active()]
+        used = {index for index, _ in snap.active()}
+        plans: list[SplicePlan] = []
+        vectors: list[int] = []
+        refused: list[tuple[PointRequest, SpliceRefused]] = []
+        codes: dict[int, FunctionCode] = {}
+        for request, code, point in resolved:
+            slot = self.layout.free_slot(used)
+            own = self._free_own_vector(snap, exclude={v for v in vectors}) if request.own_vector else None
+            try:
+                plan = self._plan(code, point, request.mode, request.policy, slot, request.patch_kind,
+                                  snap.header.vector, [*live, *(p.record for p in plans if p.record)],
+                                  springboards=request.springboards, call_target=request.call_target,
+                                  own_vector=own)
+            except SpliceRefused as refusal:
+                if strict:
+                    raise
+                refused.append((request, refusal))
+                continue
+            used.add(slot)
+            plans.append(plan)
+            vectors.append(modes.select(request.mode, snap.header.vector, own).vector() or 0)  # jmp: none
+            codes[code.start] = code
+        if not plans:
+            return BatchResult([], [], refused, 0.0, self.last_prep_stall_s or 0.0, 0)
+        # int3: vector 3 is re-pointed at the rig's stub before any point.
+        gate = self._int3_gate_writes(snap.int3_gate, to_rig=True) if any(p.mode is Mode.INT3 for p in plans) else []
+        bodies = [write for plan in plans for write in plan.writes[:-1]]
+        points = [plan.writes[-1] for plan in plans]
+        what = plans[0].summary() if len(plans) == 1 else f"{len(plans)} points in {len(codes)} function(s)"
+        transaction = Transaction(self.gdb, self.layout, f"splice {what}", [[*bodies, *gate], points],
+                                  commit=points[-1])
+        gone = [ByteRange(self.layout.patch_area(plan.slot), repository.PATCH_AREA_SIZE) for plan in plans]
+        windows = [window for plan in plans for window in plan.busy_ranges]
 
         def attempt() -> None:
             with self._stopped():
-                # One pipeline reads everything the plan rests on; then the transaction writes.
+                # One pipeline reads everything the plans rest on; then the transaction writes.
                 batch = self.gdb.batch()
-                text = batch.read(code.start, code.end - code.start)
-                slot_now = batch.read(self.layout.slot_record(slot), len(slot_before))
+                texts = [(code, batch.read(code.start, code.end - code.start)) for code in codes.values()]
+                flags = batch.read(self.layout.in_use_flag(0), self.layout.slots)
+                size = repository.SLOT_RECORD_SIZE
+                slot_runs = [(first, batch.read(self.layout.slot_record(first), (end - first) * size))
+                             for first, end in _runs(sorted(plan.slot for plan in plans))]
                 busy = self._queue_busy(batch, snap.tasks)
                 transaction.queue_reads(batch)
                 batch.run()
-                self._check_function_text(code, text.value, records)
-                if slot_now.value != slot_before:
-                    raise RigError(f"repository slot {slot} changed since it was read",
+                for code, text in texts:
+                    self._check_function_text(code, text.value, live)
+                now = {first + i: raw.value[i * size:(i + 1) * size] for first, raw in slot_runs
+                       for i in range(len(raw.value) // size)}
+                taken = [plan.slot for plan in plans if flags.value[plan.slot]
+                         or now[plan.slot] != repository.encode_slot(snap.slots[plan.slot])]
+                if taken:
+                    raise RigError(f"repository slot(s) {', '.join(map(str, taken))} changed since it was read",
                                    hint="is another rig process splicing? retry")
                 transaction.check()
-                self._refuse_if_busy(plan.busy_ranges, [patch_area], self._busy_words(busy))
+                self._refuse_if_busy(windows, gone, self._busy_words(busy))
                 transaction.apply()
 
         _, attempts = _with_retries(attempt, retries)
         self._changed()
-        vector = modes.select(mode, snap.header.vector, own).vector() or 0  # jmp: none
-        return SpliceResult(plan, self.gdb.last_stall_s or 0.0, attempts, vector,
-                            prep_stall_s=self.last_prep_stall_s or 0.0)
+        return BatchResult(plans, vectors, refused, self.gdb.last_stall_s or 0.0, self.last_prep_stall_s or 0.0,
+                           attempts)
 
     def _own_vector(self, vector: int) -> OwnVector:
         """The gate a vector of a splice's own had before (at ``ignore_int``, as 2.4's setup_idt made it)."""
         free_gate = idt.make_trap_gate(self.image.symbol("ignore_int").address).encode()
         return OwnVector(vector, self.image.symbol("idt_table").address, free_gate)
 
-    def _free_own_vector(self, snap: GuestSnapshot) -> OwnVector:
-        """A vector whose gate is still exactly the kernel's ignore_int gate (from the prep stop's IDT)."""
+    def _free_own_vector(self, snap: GuestSnapshot, exclude: Collection[int] = ()) -> OwnVector:
+        """A vector whose gate is still the kernel's ignore_int gate (from the prep stop's IDT) and
+        that no splice of the same batch took (``exclude``)."""
         assert snap.idt is not None
         try:
             vector = idt.find_free_vector(snap.idt, self.image.symbol("ignore_int").address, prefer=None,
-                                          exclude={snap.header.vector})
+                                          exclude={snap.header.vector, *exclude})
         except RigError:
             raise RigError("no free IDT vector for a trap splice of its own",
                            hint="use the shared vector (--dispatch table) or undo other own-vector splices") from None
@@ -412,42 +488,97 @@ class Instrumenter:
         return plan_splice(code, point, mode, policy, self.layout, slot, **options)  # type: ignore[arg-type]
 
     def unsplice(self, slot: int, retries: int = 20) -> UnspliceResult:
-        snap = self.prep(install=False)
-        if not 0 <= slot < len(snap.slots) or not snap.slots[slot].in_use:
-            in_use = ", ".join(str(index) for index, _ in snap.active()) or "none"
-            raise RigError(f"no active splice in slot {slot}", hint=f"active slots: {in_use} (invoke splices)")
-        record = snap.slots[slot]
-        built = self.image.text_bytes(record.point, record.window_length)
-        if built != record.original:
-            raise RigError(f"slot record for {record.point:#x} holds bytes that differ from vmlinux",
-                           hint="the repository is damaged; reboot the guest")
-        own = self._own_vector(record.vector) if record.vector else None
-        point, *rest = undo_writes(self.layout, slot, record, expect_new=None, own_vector=own)
-        last_int3 = record.mode == Mode.INT3 and not any(
-            r.mode == Mode.INT3 for index, r in snap.active() if index != slot)
-        # The last int3 splice gone: vector 3 goes back to the kernel's own entry.
-        gate = self._int3_gate_writes(snap.int3_gate, to_rig=False) if last_int3 else []
-        symbol = self.image.function_at(record.point)
-        transaction = Transaction(self.gdb, self.layout, f"unsplice slot {slot} ({symbol.name} at {record.point:#x})",
-                                  [[point], [*rest, *gate]], commit=point)
-        window = ByteRange(record.point, record.window_length)
+        return self.unsplice_many([slot], retries=retries)[0]
 
-        def attempt() -> int:
-            with self._stopped():
-                batch = self.gdb.batch()
-                busy = self._queue_busy(batch, snap.tasks)
-                counter = batch.read(record.counter_address, 4) if record.counter_address else None
-                transaction.queue_reads(batch)
-                batch.run()
-                self._refuse_if_busy([window], self._unsplice_gone(slot, record), self._busy_words(busy))
-                transaction.check()
-                transaction.apply()
-            return _u32(counter.value) if counter else 0
+    def unsplice_many(self, slots: Sequence[int] | None = None, retries: int = 20) -> list[UnspliceResult]:
+        """Undo the splices in ``slots`` (None: every live one) in one guest stop: every point back
+        first, then the repository side. A splice found busy waits for the next round (the guest
+        runs in between) while the others go; after ``retries`` rounds the refusal names what was
+        undone and what is still live."""
+        done: list[UnspliceResult] = []
+        remaining: list[int] | None = list(slots) if slots is not None else None
+        busy: list[tuple[int, SpliceRefused]] = []
+        for attempt in range(retries + 1):
+            snap = self.prep(install=False, missing_ok=True)
+            live = dict(snap.active()) if snap is not None else {}
+            if remaining is None:
+                remaining = sorted(live)
+            missing = [slot for slot in remaining if slot not in live]
+            if missing:
+                raise RigError(f"no active splice in slot {missing[0]}",
+                               hint=f"active slots: {', '.join(map(str, sorted(live))) or 'none'} (invoke splices)")
+            if not remaining:
+                return done
+            assert snap is not None
+            round_done, busy = self._unsplice_round(snap, remaining)
+            done += round_done
+            remaining = [slot for slot, _ in busy]
+            if not remaining:
+                break
+            if attempt < retries:
+                time.sleep(_BUSY_RETRY_PAUSE_S)  # let the guest run on before looking again
+        if busy:
+            if not done and len(busy) == 1:
+                raise busy[0][1]
+            undone = ", ".join(f"{r.slot} ({r.function})" for r in done) or "none"
+            still = "; ".join(f"slot {slot}: {refusal.message}" for slot, refusal in busy)
+            raise SpliceRefused("busy", f"unspliced {len(done)} of {len(done) + len(busy)}: undone {undone}; "
+                                f"still live: {still}", "run invoke unsplice all again in a moment")
+        return done
 
-        hits, _ = _with_retries(attempt, retries)
-        self._changed()
-        return UnspliceResult(slot, symbol.name, record.point, hits, self.gdb.last_stall_s or 0.0,
-                              prep_stall_s=self.last_prep_stall_s or 0.0)
+    def _unsplice_round(self, snap: GuestSnapshot, slots: Sequence[int]
+                        ) -> tuple[list[UnspliceResult], list[tuple[int, SpliceRefused]]]:
+        """One stop: the busy check for each of ``slots``, then one transaction for those not busy."""
+        live = dict(snap.active())
+        undos = {}
+        for slot in slots:
+            record = live[slot]
+            if self.image.text_bytes(record.point, record.window_length) != record.original:
+                raise RigError(f"slot record for {record.point:#x} holds bytes that differ from vmlinux",
+                               hint="the repository is damaged; reboot the guest")
+            own = self._own_vector(record.vector) if record.vector else None
+            undos[slot] = undo_writes(self.layout, slot, record, expect_new=None, own_vector=own)
+        with self._stopped():
+            batch = self.gdb.batch()
+            busy_reads = self._queue_busy(batch, snap.tasks)
+            counters = {slot: batch.read(live[slot].counter_address, 4) for slot in slots if live[slot].counter_address}
+            batch.run()
+            words = self._busy_words(busy_reads)
+            busy: list[tuple[int, SpliceRefused]] = []
+            going: list[int] = []
+            for slot in slots:
+                try:
+                    self._refuse_if_busy([ByteRange(live[slot].point, live[slot].window_length)],
+                                         self._unsplice_gone(slot, live[slot]), words)
+                    going.append(slot)
+                except SpliceRefused as refusal:
+                    busy.append((slot, refusal))
+            if going:
+                self._apply_undo(snap, live, going, undos)
+        results = [UnspliceResult(slot, self.image.function_at(live[slot].point).name, live[slot].point,
+                                  _u32(counters[slot].value) if slot in counters else 0, self.gdb.last_stall_s or 0.0,
+                                  prep_stall_s=self.last_prep_stall_s or 0.0) for slot in going]
+        if going:
+            self._changed()
+        return results, busy
+
+    def _apply_undo(self, snap: GuestSnapshot, live: dict[int, SlotRecord], going: Sequence[int],
+                    undos: dict[int, list[MemoryWrite]]) -> None:
+        """(guest stopped) One transaction: every point back first (the last one commits), then the
+        rest; vector 3 back to the kernel when no int3 splice stays."""
+        staying = [record for slot, record in live.items() if slot not in going]
+        points = [undos[slot][0] for slot in going]
+        rest = [write for slot in going for write in undos[slot][1:]]
+        if any(live[slot].mode == Mode.INT3 for slot in going) and not any(r.mode == Mode.INT3 for r in staying):
+            rest += self._int3_gate_writes(snap.int3_gate, to_rig=False)
+        names = ", ".join(f"slot {slot} ({self.image.function_at(live[slot].point).name} at {live[slot].point:#x})"
+                          for slot in going[:3]) + (f" and {len(going) - 3} more" if len(going) > 3 else "")
+        transaction = Transaction(self.gdb, self.layout, f"unsplice {names}", [points, rest], commit=points[-1])
+        batch = self.gdb.batch()
+        transaction.queue_reads(batch)
+        batch.run()
+        transaction.check()
+        transaction.apply()
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -463,24 +594,8 @@ class Instrumenter:
         return gone + modes.of_record(record, own_vector=own).dispatch_code(self.layout, slot)
 
     def unsplice_all(self) -> list[UnspliceResult]:
-        """Undo every active splice, each with its own busy-checked stop. One that stays busy does
-        not stop the others: the error at the end names what was undone and what is still live."""
-        with self._stopped():
-            in_use = [index for index, record in enumerate(self.read_slots()) if record.in_use] \
-                if self.read_header() is not None else []
-        done: list[UnspliceResult] = []
-        refused: list[tuple[int, SpliceRefused]] = []
-        for index in in_use:
-            try:
-                done.append(self.unsplice(index))
-            except SpliceRefused as refusal:
-                refused.append((index, refusal))
-        if refused:
-            undone = ", ".join(f"{r.slot} ({r.function})" for r in done) or "none"
-            still = "; ".join(f"slot {index}: {refusal.message}" for index, refusal in refused)
-            raise SpliceRefused("busy", f"unspliced {len(done)} of {len(in_use)}: undone {undone}; still live: {still}",
-                                "run invoke unsplice all again in a moment")
-        return done
+        """Undo every live splice in one stop (busy ones in later rounds; see :meth:`unsplice_many`)."""
+        return self.unsplice_many(None)
 
     def active(self) -> tuple[Header | None, list[ActiveSplice]]:
         """The repository header and every active splice with its live hit count."""

@@ -19,14 +19,14 @@ the guest runs on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rig.errors import RigError
 from rig.gdb.batch import Batch, Pending
 from rig.gdb.memory import GuestMemory
 from rig.splicer import journal
-from rig.splicer.memory import MemoryWrite
+from rig.splicer.memory import MemoryWrite, coalesce, spans
 from rig.splicer.repository import RepositoryLayout
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Transaction:
     operation: str
     groups: Sequence[Sequence[MemoryWrite]]
     commit: MemoryWrite
-    _old: list[Pending[bytes]] = field(default_factory=list, init=False)
+    _spans: list[tuple[int, Pending[bytes]]] = field(default_factory=list, init=False)
     _journal_header: Pending[bytes] | None = field(default=None, init=False)
     _sequence: int = field(default=1, init=False)  # one more than the last transaction's: ties a journal to its run
 
@@ -69,8 +69,17 @@ class Transaction:
 
     # ---- inside the caller's stop ---------------------------------------------------------
     def queue_reads(self, batch: Batch) -> None:
-        self._old = [batch.read(write.address, len(write.data)) for write in self.writes]
+        """The bytes under every write, neighbours read together (a batch of a thousand splices is
+        a handful of reads, not thousands), and the journal header."""
+        ranges = [(w.address, w.end) for w in self.writes]
+        self._spans = [(start, batch.read(start, end - start)) for start, end in spans(ranges)]
         self._journal_header = batch.read(self.layout.journal, journal.HEADER_SIZE)
+
+    def _old_at(self, address: int, length: int) -> bytes:
+        for start, pending in self._spans:
+            if start <= address and address + length <= start + len(pending.value):
+                return pending.value[address - start:address - start + length]
+        raise AssertionError(f"{address:#x}+{length} was not read")
 
     def check(self) -> None:
         """(after the batch ran) expected bytes hold and no other transaction is open."""
@@ -80,25 +89,33 @@ class Transaction:
             raise RigError("an earlier rig command left a change half-done in the guest (its journal is open)",
                            hint="run any invoke command that attaches (e.g. invoke splices): it repairs it first")
         self._sequence = (state.sequence + 1) & 0xFFFFFFFF if state is not None else 1
-        for write, old in zip(self.writes, self._old):
-            if write.expect is not None and old.value[:len(write.expect)] != write.expect:
-                raise ExpectedBytesDiffer(write, old.value[:len(write.expect)])
+        for write in self.writes:
+            if write.expect is not None and (found := self._old_at(write.address, len(write.expect))) != write.expect:
+                raise ExpectedBytesDiffer(write, found)
 
     def apply(self) -> None:
-        """Journal, then each group written and read back; the journal marked idle last."""
-        writes = self.writes
-        old = [pending.value for pending in self._old]
-        commit = next(i for i, w in enumerate(writes) if w is self.commit)
+        """Journal, then each group written and read back; the journal marked idle last. Each group
+        is coalesced first (neighbouring writes become one), the commit write's kept last."""
+        committing = self._commit_group()
+        groups: list[list[MemoryWrite]] = []
+        for index, group in enumerate(self.groups):
+            # A coalesced write rewrites the bytes between its parts as they are *then*: after the
+            # groups before it (an unsplice's springboards lie near the point it restored first).
+            then = _overlay(self._old_at, [w for earlier in self.groups[:index] for w in earlier])
+            groups.append(coalesce(group, then, keep_last=self.commit if index == committing else None))
+        writes = [write for group in groups for write in group]
+        old = [self._old_at(w.address, len(w.data)) for w in writes]
+        commit = sum(len(group) for group in groups[:committing + 1]) - 1  # the last of its group
         entry = journal.entry_for(self.operation, writes, old, commit, self._sequence)
         payload, header = journal.encode(entry)
-        log.debug("%s: %d write(s) in %d group(s), commit %s", self.operation, len(writes), len(self.groups),
-                  self.commit.role)
+        log.debug("%s: %d write(s) as %d in %d group(s), commit %s", self.operation, len(self.writes), len(writes),
+                  len(groups), self.commit.role)
         record: list[MemoryWrite] = [MemoryWrite(self.layout.journal + journal.HEADER_SIZE, payload, "journal"),
                                      MemoryWrite(self.layout.journal, header, "journal-header")]
         idle = MemoryWrite(self.layout.journal, journal.idle_header(entry.sequence), "journal-idle")
         done: list[MemoryWrite] = []
-        for index, group in enumerate(self.groups):
-            last = index == len(self.groups) - 1
+        for index, group in enumerate(groups):
+            last = index == len(groups) - 1
             try:
                 # The journal goes idle in the last group's pipeline, after its read-back: a death
                 # before that leaves it open (all written: the next command finishes it forward).
@@ -109,6 +126,9 @@ class Transaction:
                                f"was written; '{self.operation}' was rolled back",
                                hint="the guest memory is not writable there?") from None
             record, done = [], [*done, *group]
+
+    def _commit_group(self) -> int:
+        return next(i for i, group in enumerate(self.groups) if any(w is self.commit for w in group))
 
     def run(self) -> None:
         """Reads, checks and writes in one go (for callers with no check pipeline of their own)."""
@@ -122,6 +142,18 @@ class Transaction:
         undo = [MemoryWrite(w.address, w.old, w.role) for w in reversed(entry.writes)]
         _write_back(self.gdb, undo, entry.operation)
         self.gdb.write_memory(self.layout.journal, journal.idle_header(entry.sequence))
+
+
+def _overlay(base: Callable[[int, int], bytes], writes: Sequence[MemoryWrite]) -> Callable[[int, int], bytes]:
+    """``base`` with ``writes`` applied on top, in order."""
+    def read(address: int, length: int) -> bytes:
+        data = bytearray(base(address, length))
+        for write in writes:
+            low, high = max(address, write.address), min(address + length, write.end)
+            if low < high:
+                data[low - address:high - address] = write.data[low - write.address:high - write.address]
+        return bytes(data)
+    return read
 
 
 class _ReadBackDiffers(Exception):

@@ -42,7 +42,7 @@ def place(key: int, live: Collection[int]) -> int:
 
 def lookup(table: bytes, key: int) -> int | None:
     """The bucket the handlers find ``key`` in (as their code walks), or None."""
-    for bucket in probe(key):
+    for bucket in probe(key):  # at most BUCKETS steps, as the handlers count
         found, _ = ENTRY.unpack_from(table, bucket * ENTRY.size)
         if found == key:
             return bucket

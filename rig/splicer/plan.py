@@ -50,6 +50,7 @@ class SplicePlan:
     trap_return: int | None           # EIP the handler looks up (point + 2, int3: point + 1); jmp: None
     writes: tuple[MemoryWrite, ...]   # apply in order; the point is last
     undo: tuple[MemoryWrite, ...]     # apply in order; the point is first
+    record: SlotRecord | None = None  # what the slot will hold (planning the next splice of a batch needs it)
     before: str = ""
     after: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -127,7 +128,7 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
         after += decode(board.data, board.address)
     return SplicePlan(code.name, point, mode, policy, slot, window, original, branch.new_bytes, patch_address,
                       patch_code, counter, boards, hops, strategy.trap_return(point, branch), tuple(writes),
-                      tuple(_undo(strategy, layout, slot, record, expect_new=branch.new_bytes)),
+                      tuple(_undo(strategy, layout, slot, record, expect_new=branch.new_bytes)), record,
                       before="\n".join(i.text() for i in instructions),
                       after="\n".join(i.text() for i in after))
 

@@ -252,12 +252,15 @@ def _label(label: int, instr: ix.Instruction) -> ix.Instruction:
 
 def _hash_probe(layout: RepositoryLayout, scan: int, found: int, missing: int) -> list[ix.Instruction]:
     """eax = saved EIP; esi = its home bucket (rig.splicer.dispatch.home), then linear probing: to
-    ``found`` with esi at the bucket, or ``missing`` at an EMPTY one. ecx holds the bucket's key."""
+    ``found`` with esi at the bucket, or ``missing`` at an EMPTY one or after every bucket (edx
+    counts: released buckets are never emptied, so a table may hold no EMPTY one). ecx holds the
+    bucket's key."""
     mem, reg, code = ix.MemoryOperand, ix.Register, ix.Code
     key = mem(reg.NONE, reg.ESI, 8, layout.table, 4)
     return [
         ix.Instruction.create_reg_reg_u32(code.IMUL_R32_RM32_IMM32, reg.ESI, reg.EAX, dispatch.MULTIPLIER),
         ix.Instruction.create_reg_u32(code.SHR_RM32_IMM8, reg.ESI, dispatch.SHIFT),
+        ix.Instruction.create_reg_u32(code.MOV_R32_IMM32, reg.EDX, dispatch.BUCKETS),
         _label(scan, ix.Instruction.create_reg_mem(code.MOV_R32_RM32, reg.ECX, key)),
         ix.Instruction.create_reg_reg(code.CMP_R32_RM32, reg.ECX, reg.EAX),
         ix.Instruction.create_branch(code.JE_REL8_32, found),
@@ -265,7 +268,9 @@ def _hash_probe(layout: RepositoryLayout, scan: int, found: int, missing: int) -
         ix.Instruction.create_branch(code.JE_REL8_32, missing),
         ix.Instruction.create_reg(code.INC_R32, reg.ESI),
         ix.Instruction.create_reg_u32(code.AND_RM32_IMM32, reg.ESI, dispatch.BUCKETS - 1),
-        ix.Instruction.create_branch(code.JMP_REL8_32, scan),
+        ix.Instruction.create_reg(code.DEC_R32, reg.EDX),
+        ix.Instruction.create_branch(code.JNE_REL8_32, scan),
+        ix.Instruction.create_branch(code.JMP_REL8_32, missing),
     ]
 
 
@@ -278,7 +283,7 @@ def _encode(body: list[ix.Instruction], address: int, limit: int, what: str) -> 
     return stub
 
 
-_SAVED = (ix.Register.EAX, ix.Register.ESI, ix.Register.ECX)  # what the scan clobbers
+_SAVED = (ix.Register.EAX, ix.Register.ESI, ix.Register.ECX, ix.Register.EDX)  # what the probe clobbers
 _SAVED_EIP = 4 * len(_SAVED)  # the interrupted EIP above the saved registers
 
 
