@@ -33,7 +33,7 @@ from rig.guest.machine import REPOSITORY_PHYS, REPOSITORY_SIZE
 from rig.kernel.build import KernelBuild
 from rig.splicer import dispatch, idt, journal, modes, repository
 from rig.splicer.analysis import FunctionCode, disassemble_function
-from rig.splicer.image import ByteRange, KernelImage
+from rig.splicer.image import ByteRange, KernelImage, Symbol
 from rig.splicer.journal import Repair
 from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
 from rig.splicer.memory import MemoryWrite
@@ -54,6 +54,12 @@ _E820_ENTRY = struct.Struct("<QQI")
 @cache
 def load_image(vmlinux: Path) -> KernelImage:
     return KernelImage.load(vmlinux)
+
+
+@cache
+def _decoded(image: KernelImage, symbol: Symbol) -> FunctionCode:
+    """A function decoded once per image (a batch names the same function at every instruction)."""
+    return disassemble_function(image, symbol)
 
 
 @dataclass(frozen=True)
@@ -355,7 +361,7 @@ class Instrumenter:
     # ---- the operations -------------------------------------------------------------------
     def resolve_point(self, function: str, offset: int | None = None, address: int | None = None) -> tuple[FunctionCode, int]:
         symbol = self.image.function(function, containing=address)  # an address picks one of same-named statics
-        code = disassemble_function(self.image, symbol)
+        code = _decoded(self.image, symbol)
         if address is not None and offset is not None:
             raise RigError("give --offset or --addr, not both")
         point = address if address is not None else symbol.address + (offset or 0)

@@ -18,6 +18,7 @@ the guest runs on.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class Transaction:
     groups: Sequence[Sequence[MemoryWrite]]
     commit: MemoryWrite
     _spans: list[tuple[int, Pending[bytes]]] = field(default_factory=list, init=False)
+    _span_starts: list[int] = field(default_factory=list, init=False)
     _journal_header: Pending[bytes] | None = field(default=None, init=False)
     _sequence: int = field(default=1, init=False)  # one more than the last transaction's: ties a journal to its run
 
@@ -73,11 +75,14 @@ class Transaction:
         a handful of reads, not thousands), and the journal header."""
         ranges = [(w.address, w.end) for w in self.writes]
         self._spans = [(start, batch.read(start, end - start)) for start, end in spans(ranges)]
+        self._span_starts = [start for start, _ in self._spans]
         self._journal_header = batch.read(self.layout.journal, journal.HEADER_SIZE)
 
     def _old_at(self, address: int, length: int) -> bytes:
-        for start, pending in self._spans:
-            if start <= address and address + length <= start + len(pending.value):
+        index = bisect.bisect_right(self._span_starts, address) - 1  # spans are sorted and disjoint
+        if index >= 0:
+            start, pending = self._spans[index]
+            if address + length <= start + len(pending.value):
                 return pending.value[address - start:address - start + length]
         raise AssertionError(f"{address:#x}+{length} was not read")
 

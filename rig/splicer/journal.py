@@ -183,6 +183,9 @@ def repair(entry: JournalEntry, current: Sequence[bytes]) -> Repair:
 def final_bytes(writes: Sequence[MemoryWrite]) -> list[tuple[int, bytes]]:
     """What each write's range holds once all ``writes`` are applied in order (later writes may
     land inside earlier ones): the read-back to expect, one region per write."""
+    ordered = sorted(writes, key=lambda w: w.address)
+    if all(a.end <= b.address for a, b in zip(ordered, ordered[1:])):
+        return [(w.address, bytes(w.data)) for w in writes]  # nothing overlaps: each holds its own bytes
     memory: dict[int, int] = {}
     for write in writes:
         for offset, value in enumerate(write.data):

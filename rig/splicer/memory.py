@@ -20,7 +20,8 @@ class MemoryWrite:
         return f"{self.role:<12} {self.address:#010x} {len(self.data):4d} bytes"
 
 
-MERGE_GAP = 512  # bytes between two writes that one write (gap rewritten as it was) may span
+MERGE_GAP = 64  # bytes between two writes that one write (gap rewritten as it was) may span: a command
+# costs about what 64 more bytes do, and a gap of unused bytes (a patch area's tail) is not worth sending
 
 
 def spans(ranges: Sequence[tuple[int, int]], gap: int = MERGE_GAP) -> list[tuple[int, int]]:

@@ -102,8 +102,8 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
 
     occupied = [ByteRange(b.address, len(b.original)) for rec in active if rec.in_use for b in rec.springboards]
     patch_address = layout.patch_code(slot)
-    branch = strategy.branch(BranchRequest(code, point, policy, patch_address,
-                                           sb.free_ranges(springboard_space, occupied), springboards))
+    free = sb.free_ranges(springboard_space, occupied) if mode is Mode.JMP else ()  # only jmps use padding
+    branch = strategy.branch(BranchRequest(code, point, policy, patch_address, free, springboards))
     window = branch.window
     _check_no_overlap(window, active)
     instructions = [i for i in code.instructions if window.start <= i.address < window.end]
