@@ -9,20 +9,23 @@ from pathlib import Path
 
 from invoke import task
 
+from rich.text import Text
+
 from rig import adapt as adapt_mod
 from rig import session
 from rig.cli import args as cli_args
 from rig.cli import components as component_ui
 from rig.cli import preflight
 from rig.cli import render as ui
-from rig.instrument.components import ComponentManager
-from rig.instrument.components import source_path as component_source
+from rig.cli.render import console, reports_errors
 from rig.errors import RigError
 from rig.guest import lifecycle
+from rig.instrument import trace
+from rig.instrument.components import ComponentManager
+from rig.instrument.components import source_path as component_source
+from rig.instrument.manager import PointRequest
 from rig.kernel import build as kernel_build
 from rig.splicer.kinds import Mode
-from rig.cli.render import console, reports_errors
-from rich.text import Text
 
 cli_args.fix_invoke_parsing()  # `invoke load --help` shows help; `invoke set X -0.5` reaches the range check
 
@@ -150,40 +153,70 @@ def _prompt() -> str | None:
         return None
 
 
-@task(help={"func": "kernel function to splice (e.g. tcp_sync_mss)",
-            "offset": "byte offset of the point in FUNC, decimal or 0x-hex (default 0)",
-            "addr": "absolute address of the point instead of --offset (0x-hex); also picks one of "
-                    "several static functions named FUNC",
-            "mode": "trap (int $n, 2 bytes) | jmp (jmp rel32, or jmp rel8 hops via springboards) | int3 (1 byte)",
-            "policy": "auto (single where the instruction fits the branch, else displace; default) | single "
-                      "(overwrite only the instruction at the point) | displace (whole instructions)",
-            "probe": "counter (count hits; default) | empty (only the displaced code: bare branch cost); "
-                     "not with --component",
-            "component": "splice FUNC to this component's declared hook (replace or wrap) instead of a probe; "
-                         "loads it first (rig/components/NAME.c or a .c path)",
-            "dispatch": "trap mode: table (one shared vector, its handler looks the address up; default) | "
-                        "vector (a free IDT vector of the splice's own, no lookup; not with --component)"})
+@task(iterable=["func"], help={
+    "func": "kernel function to splice (e.g. tcp_sync_mss); repeat it to splice several entries in one stop",
+    "offset": "byte offset of the point in FUNC, decimal or 0x-hex (default 0)",
+    "addr": "absolute address of the point instead of --offset (0x-hex); also picks one of "
+            "several static functions named FUNC",
+    "mode": "trap (int $n, 2 bytes; default) | jmp (jmp rel32, or jmp rel8 hops via springboards) | int3 "
+            "(1 byte); with --every-instruction also auto (trap where 2 bytes or more fit, else int3; default)",
+    "policy": "auto (single where the instruction fits the branch, else displace; default) | single "
+              "(overwrite only the instruction at the point) | displace (whole instructions)",
+    "probe": "counter (count hits; default) | empty (only the displaced code: bare branch cost); "
+             "not with --component",
+    "component": "splice FUNC to this component's declared hook (replace or wrap) instead of a probe; "
+                 "loads it first (rig/components/NAME.c or a .c path)",
+    "dispatch": "trap mode: table (one shared vector, its handler looks the address up; default) | "
+                "vector (a free IDT vector of the splice's own, no lookup; not with --component)",
+    "every_instruction": "splice every instruction of FUNC that can take one, in one stop, and list what "
+                         "was refused (see invoke annotate FUNC for the counts)"})
 @reports_errors
-def splice(c, func, offset=None, addr=None, mode="trap", policy="auto", probe=None, component=None,
-           dispatch=None):
+def splice(c, func, offset=None, addr=None, mode=None, policy="auto", probe=None, component=None,
+           dispatch=None, every_instruction=False):
     """Splice a probe, or a component (--component), into the running kernel at FUNC[+OFFSET]."""
-    args = cli_args.splice_args(offset, addr, mode, policy, probe, component, dispatch)
+    funcs = list(func)
+    plan = cli_args.splice_request(funcs, offset, addr, mode, policy, probe, component, dispatch, every_instruction)
+    args = plan.args
     if component:
         component_source(component)  # a typo is refused before a guest is booted for it
-    preflight.check_function(func, args.address)
+    for name in funcs:
+        preflight.check_function(name, args.address)
     with session.instrumenter() as (_, instrumenter):
+        if every_instruction or len(funcs) > 1:
+            code, _ = instrumenter.resolve_point(funcs[0], address=args.address)
+            requests = trace.every_instruction(code, plan.trace_mode) if every_instruction else [
+                PointRequest(name, args.mode, args.policy, patch_kind=args.probe, own_vector=args.own_vector)
+                for name in funcs]
+            done = instrumenter.splice_many(requests, strict=not every_instruction)
+            console.print(ui.batch_table(done))
+            return
         if component:
-            loaded, result = ComponentManager(instrumenter).splice(func, component, mode=args.mode, policy=args.policy,
-                                                              offset=args.offset)
+            loaded, result = ComponentManager(instrumenter).splice(funcs[0], component, mode=args.mode,
+                                                                   policy=args.policy, offset=args.offset)
         else:
-            result = instrumenter.splice(func, mode=args.mode, policy=args.policy, offset=args.offset,
-                                    address=args.address, patch_kind=args.probe, own_vector=args.own_vector)
+            result = instrumenter.splice(funcs[0], mode=args.mode, policy=args.policy, offset=args.offset,
+                                         address=args.address, patch_kind=args.probe, own_vector=args.own_vector)
     for table in ui.splice_tables(result):
         console.print(table)
     if component:
-        hook = loaded.linked.hook_for(func)
-        console.print(f"{func} now goes to component {loaded.name} ({hook.kind} → {hook.entry} at "
+        hook = loaded.linked.hook_for(funcs[0])
+        console.print(f"{funcs[0]} now goes to component {loaded.name} ({hook.kind} → {hook.entry} at "
                       f"{loaded.linked.symbol(hook.entry).address:#010x})")
+
+
+@task(help={"func": "the function whose instructions to show with their live hit counts",
+            "addr": "an address inside FUNC, to pick one of several static functions of that name"})
+@reports_errors
+def annotate(c, func, addr=None):
+    """FUNC's disassembly with the live hit count of each spliced instruction (exact, not sampled); also a
+    report file."""
+    address = cli_args.address(addr)
+    preflight.check_function(func, address)
+    with session.instrumenter(start=False) as (state, instrumenter):
+        code, lines = trace.annotate(instrumenter, func, address)
+    console.print(ui.annotate_table(code, lines))
+    path = ui.write_annotation(code, lines, state)
+    console.print(f"report: {path}")
 
 
 @task(help={"id": "the splice id (slot) shown by `invoke splices`, or `all`"})
@@ -195,10 +228,14 @@ def unsplice(c, id):
         raise RigError(f"'{id}' is not a splice id", hint="invoke unsplice ID (see invoke splices) or invoke unsplice all")
     with session.instrumenter(start=False) as (_, instrumenter):
         done = instrumenter.unsplice_all() if everything else [instrumenter.unsplice(int(id))]
-    for result in done:
-        console.print(f"unspliced {result.slot}: {result.function} at {result.point:#010x} "
-                      f"({result.hits} hits, stalls {result.prep_stall_s * 1000:.2f} + {result.stall_s * 1000:.2f} ms); "
-                      "text equals vmlinux again")
+    if len(done) > 8:  # a batch (every instruction of a function): one line, not hundreds
+        console.print(f"unspliced {len(done)} splices in one stop ({sum(r.hits for r in done)} hits in all, stalls "
+                      f"{done[0].prep_stall_s * 1000:.2f} + {done[0].stall_s * 1000:.2f} ms); text equals vmlinux again")
+    else:
+        for result in done:
+            console.print(f"unspliced {result.slot}: {result.function} at {result.point:#010x} ({result.hits} hits, "
+                          f"stalls {result.prep_stall_s * 1000:.2f} + {result.stall_s * 1000:.2f} ms); "
+                          "text equals vmlinux again")
     if not done:
         console.print("nothing was spliced")
 

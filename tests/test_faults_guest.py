@@ -77,3 +77,11 @@ def test_repository_install_cut_at_every_write(guests: list[QemuMachine], prepar
     run = faults.inject_each_write(fresh(), kernel, scenario.name, scenario.operation, setup=scenario.setup,
                                    fresh_guest=fresh)
     assert_all_repaired(run)
+
+
+def test_a_batch_cut_at_every_write(fresh_guest: QemuMachine, kernel: KernelBuild) -> None:
+    """Every instruction of sys_getpid (traps and, at its ret, an int3 with vector 3 re-pointed) in one
+    transaction: cut anywhere, all of it or none."""
+    scenario = faults.batch_scenario("sys_getpid")
+    run = faults.inject_each_write(fresh_guest, kernel, scenario.name, scenario.operation, setup=scenario.setup)
+    assert_all_repaired(run)

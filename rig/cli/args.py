@@ -245,3 +245,36 @@ def _negative_numbers_are_values(parse_argv):  # noqa: ANN001, ANN202 - invoke's
 
     patched.rig_fixed = True  # type: ignore[attr-defined]
     return patched
+
+
+@dataclass(frozen=True)
+class SpliceRequest:
+    args: SpliceArgs
+    trace_mode: Mode | None     # --every-instruction: the one mode, or None for auto (trap or int3 by size)
+
+
+def splice_request(funcs: list[str], offset_text: str | None, addr_text: str | None, mode: str | None, policy: str,
+                   probe: str | None, component: str | None, dispatch: str | None,
+                   every_instruction: bool) -> SpliceRequest:
+    """`invoke splice` as a whole: one point, several entries (--func A --func B), or every
+    instruction of one function; what does not fit together is refused before a guest is touched."""
+    if not funcs:
+        raise RigError("no function given", "invoke splice --func NAME (repeat --func to splice several)")
+    auto = every_instruction and (mode is None or mode.lower() == "auto")
+    args = splice_args(offset_text, addr_text, "trap" if auto or mode is None else mode, policy, probe, component,
+                       dispatch)
+    if every_instruction or len(funcs) > 1:
+        what = "--every-instruction" if every_instruction else "several --func"
+        if every_instruction and len(funcs) > 1:
+            raise RigError("--every-instruction takes one --func", "trace one function at a time")
+        if offset_text is not None or (addr_text is not None and not every_instruction):
+            raise RigError(f"--offset/--addr is not taken with {what}",
+                           "every point is chosen for you: an instruction each, or each function's entry")
+        if component is not None:
+            raise RigError(f"--component is not taken with {what}", "splice one function to a component")
+        if every_instruction and (policy.lower() != "auto" or args.own_vector or probe is not None):
+            raise RigError("--policy, --dispatch and --probe are not taken with --every-instruction",
+                           "each instruction takes its own single-instruction counting splice")
+    elif mode is not None and mode.lower() == "auto":
+        raise RigError("--mode auto is for --every-instruction", "one of: trap | jmp | int3")
+    return SpliceRequest(args, None if auto else args.mode)

@@ -4,8 +4,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from invoke.exceptions import Exit
@@ -14,12 +17,17 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 from rich.text import Text
 
+from rig import paths
 from rig.errors import RigError
 from rig.kernel.build import STEPS
 
 if TYPE_CHECKING:
-    from rig.instrument.faults import FaultRun
+    from rig.guest.lifecycle import GuestState
     from rig.instrument import ActiveSplice, SpliceResult
+    from rig.instrument.faults import FaultRun
+    from rig.instrument.manager import BatchResult
+    from rig.instrument.trace import AnnotatedLine
+    from rig.splicer.analysis import FunctionCode
     from rig.splicer.repository import Header
 
 console = Console(highlight=False)
@@ -150,3 +158,59 @@ def faults_table(run: "FaultRun") -> Table:
     table.caption = (f"{run.writes} writes cut in turn; torn states found {run.torn}, repaired {run.repaired}, "
                      f"lost {run.lost}, guest deaths {run.guest_deaths}")
     return table
+
+
+def batch_table(done: "BatchResult") -> Table:
+    """A batch splice: how many went live in one stop, and every refusal by reason."""
+    table = Table(title=f"spliced {len(done.plans)} point(s) in one stop "
+                        f"({done.stall_s * 1000:.1f} ms to check and write, after {done.prep_stall_s * 1000:.1f} ms "
+                        "to read the repository)", title_justify="left")
+    for column in ("", "points", "detail"):
+        table.add_column(column, overflow="fold")
+    modes = Counter(plan.mode.name.lower() for plan in done.plans)
+    table.add_row("live", str(len(done.plans)), ", ".join(f"{m}: {n}" for m, n in sorted(modes.items())) or "-")
+    reasons: dict[str, list[int]] = {}
+    for request, refusal in done.refused:
+        reasons.setdefault(refusal.reason, []).append(request.address or 0)
+    for reason, points in sorted(reasons.items()):
+        shown = ", ".join(f"{p:#x}" for p in points[:6]) + (f" … ({len(points)})" if len(points) > 6 else "")
+        table.add_row(Text(f"refused: {reason}", style="yellow"), str(len(points)), shown)
+    return table
+
+
+def annotate_table(code: "FunctionCode", lines: "list[AnnotatedLine]") -> Table:
+    """The disassembly with exact hit counts, hottest marked."""
+    total = sum(line.hits or 0 for line in lines)
+    table = Table(title=f"{code.name}: {sum(1 for l in lines if l.hits is not None)} of {len(lines)} instructions "
+                        f"spliced, {total} hits", title_justify="left")
+    for column, justify in (("hits", "right"), ("%", "right"), ("address", "left"), ("instruction", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for line in lines:
+        insn = line.instruction
+        share = f"{100 * line.hits / total:.1f}" if total and line.hits else ""
+        hits = "-" if line.hits is None else str(line.hits)
+        style = "bold" if total and line.hits and line.hits * 20 >= total else None
+        table.add_row(hits, share, f"{insn.address:#010x}", Text(f"{insn.mnemonic} {insn.op_str}".strip()),
+                      style=style)
+    return table
+
+
+def write_annotation(code: "FunctionCode", lines: "list[AnnotatedLine]", state: "GuestState") -> Path:
+    """The annotated disassembly as ``reports/<run-id>/annotate-FUNC.md``, with its provenance."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = paths.reports_dir() / f"{stamp}-annotate"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    total = sum(line.hits or 0 for line in lines)
+    out = [f"# {code.name}: hits per instruction", "",
+           f"*Provenance: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; kernel {state.kernel.build_id}; "
+           f"accel {state.clock.name}; counts are exact (a counting splice at each instruction, read live); "
+           f"{sum(1 for l in lines if l.hits is not None)} of {len(lines)} instructions spliced; {total} hits*", "",
+           "| hits | % | address | bytes | instruction |", "|---:|---:|---|---|---|"]
+    for line in lines:
+        insn = line.instruction
+        share = f"{100 * line.hits / total:.1f}" if total and line.hits else ""
+        out.append(f"| {'-' if line.hits is None else line.hits} | {share} | `{insn.address:#010x}` | "
+                   f"`{insn.bytes.hex(' ')}` | `{insn.mnemonic} {insn.op_str}`".rstrip() + " |")
+    path = run_dir / f"annotate-{code.name}.md"
+    path.write_text("\n".join(out) + "\n")
+    return path

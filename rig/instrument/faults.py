@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rig import tools
-from rig.instrument.components import ComponentManager
 from rig.errors import RigError
 from rig.gdb import dying
 from rig.guest import qmp
 from rig.guest.lifecycle import PreparedGuest, private_guest
 from rig.guest.machine import QemuMachine
-from rig.instrument import Instrumenter, connect
+from rig.instrument import Instrumenter, connect, trace
+from rig.instrument.components import ComponentManager
 from rig.kernel.build import KernelBuild
 from rig.splicer.kinds import Mode
 
@@ -151,6 +151,19 @@ def splice_scenario(function: str, mode: Mode, own_vector: bool = False, offset:
     return Scenario(label, lambda i: i.splice(function, mode=mode, offset=offset, own_vector=own_vector), setup)
 
 
+def batch_scenario(function: str) -> Scenario:
+    """Splicing every instruction of ``function`` in one batch (one stop, one transaction)."""
+    def setup(instrumenter: Instrumenter) -> None:
+        instrumenter.unsplice_all()
+        instrumenter.prep(install=True)
+
+    def operation(instrumenter: Instrumenter) -> None:
+        code, _ = instrumenter.resolve_point(function)
+        instrumenter.splice_many(trace.every_instruction(code), strict=False)
+
+    return Scenario(f"splice every instruction of {function}", operation, setup)
+
+
 LIVE_SET: tuple[tuple[str, Mode, bool, int | None], ...] = (
     ("sys_getpid", Mode.JMP, False, None),        # slot 0: the order that once hid slot 1's trap
     ("tcp_sync_mss", Mode.TRAP, False, None),
@@ -211,7 +224,7 @@ def run_on_private_guests(scenario: Scenario, prepared: PreparedGuest,
                                  on_injection=on_injection)
 
 
-OPERATIONS = ("splice", "unsplice", "install", "load")
+OPERATIONS = ("splice", "unsplice", "install", "load", "trace")
 
 
 def scenario(operation: str, function: str, mode: Mode, own_vector: bool, offset: int | None,
@@ -230,4 +243,6 @@ def scenario(operation: str, function: str, mode: Mode, own_vector: bool, offset
         return install_scenario()
     if operation == "load":
         return component_load_scenario(component)
+    if operation == "trace":
+        return batch_scenario(function)
     raise RigError(f"unknown --operation '{operation}'", f"one of: {' | '.join(OPERATIONS)}")

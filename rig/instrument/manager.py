@@ -690,6 +690,23 @@ class Instrumenter:
             return "outside any function"
         return f"{symbol.name}+{address - symbol.address:#x}"
 
+    def hits_in(self, start: int, end: int) -> dict[int, tuple[int, str]]:
+        """{point: (hits, mode)} of every live splice with its point in [start, end), counters read
+        in one pipeline (the patch areas of neighbouring slots in one read)."""
+        with self._stopped():
+            if self.read_header() is None:
+                return {}
+            inside = [(slot, r) for slot, r in enumerate(self.read_slots())
+                      if r.in_use and start <= r.point < end and r.counter_address]
+            batch = self.gdb.batch()
+            size = repository.PATCH_AREA_SIZE
+            runs = [(first, batch.read(self.layout.counter(first), (last - first - 1) * size + 4))
+                    for first, last in _runs([slot for slot, _ in inside])]
+            batch.run()
+        counts = {first + i: _u32(raw.value[i * size:i * size + 4]) for first, raw in runs
+                  for i in range((len(raw.value) - 4) // size + 1)}
+        return {r.point: (counts[slot], Mode(r.mode).name.lower()) for slot, r in inside}
+
     def counter(self, slot: int) -> int:
         """The hit counter of a slot's patch area (kept after unsplice, until the slot is reused)."""
         with self._stopped():
