@@ -42,6 +42,7 @@ class Part(ABC, Generic[R]):
     title: ClassVar[str]                   # what it measures, for progress notes
     switch: ClassVar[str]                  # the `invoke bench --<switch>` that selects it
     needs: ClassVar[tuple[str, ...]] = ()  # keys of the parts whose results it reads (run with it)
+    opt_in: ClassVar[bool] = False         # True: only when its switch is given (not in "all parts")
 
     def check(self) -> None:
         """Refuse options out of range with a :class:`RigError` before anything boots."""
@@ -200,7 +201,7 @@ class Registry:
     def selected(self, switches: Iterable[str] | None) -> list[AnyPart]:
         """The parts ``switches`` select (None: all), with the parts they need, in report order."""
         on = set(self.switches if switches is None else switches)
-        wanted = {part.key for part in self._parts if part.switch in on}
+        wanted = {part.key for part in self._parts if part.switch in on and (switches is not None or not part.opt_in)}
         for part in reversed(self._parts):  # needs come earlier: one backward pass closes them
             if part.key in wanted:
                 wanted.update(part.needs)

@@ -9,6 +9,7 @@ from rig.bench.fig5 import Fig5Part
 from rig.bench.hops import HopsPart
 from rig.bench.latency import LatencyPart
 from rig.bench.part import Registry
+from rig.bench.scale import ScalePart
 from rig.bench.table1 import Table1Part
 
 PARTS = Registry([
@@ -17,4 +18,5 @@ PARTS = Registry([
     Fig4Part(),
     HopsPart(),
     Fig5Part(),
+    ScalePart(),
 ])
