@@ -52,7 +52,8 @@ def test_structure_and_slots(measured: tuple[scale.ScalePart, scale.ClockScale, 
         assert [row.mode for row in point.rows] == ["trap", "int3", "jmp"]
         assert all(row.slot == point.fillers for row in point.rows)  # the highest slot in use
         assert len(point.baseline_runs) == 2 and all(len(row.runs) == 2 for row in point.rows)
-    assert [p.row("trap").ratio for p in points][0] == {"min": 1.0, "median": 1.0}  # type: ignore[union-attr]
+    reference = points[0].row("trap")
+    assert reference is not None and reference.ratio == {"min": 1.0, "median": 1.0}
     batches = result.scale.batches
     assert [(b.size, b.spliced) for b in batches] == [(1, 1), (10, 10)]
     assert all(b.stall_s > 0 and b.wall_s >= b.stall_s for b in batches)

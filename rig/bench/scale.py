@@ -91,7 +91,7 @@ class BatchPoint:
     stall_s: float             # host time the guest was held stopped to check and write them
     prep_stall_s: float        # the stop before it that read the repository and the tasks
     wall_s: float              # host wall time of the splice_many call
-    unsplice_stall_s: float    # the longest stop of the unsplice_all after (all rounds summed)
+    unsplice_stall_s: float    # the longest stop of the unsplice_all after (its rounds)
     unsplice_wall_s: float
 
 
@@ -301,6 +301,8 @@ def scale_notes(result: ClockScale, live_asked: tuple[int, ...]) -> list[str]:
             else:
                 notes.append(f"{mode}: overhead at {top.live} live / at {scale.live[0].live} live = {ratios} "
                              "(host time: noisy; the goal is judged under -icount).")
+        notes.append("The trap and int3 rows dispatch one address (sys_getpid+0) through the hashed table: a "
+                     "ratio of 1 says its lookup did not grow with the load, not what an average address probes.")
         if top.target != live_asked[-1] or top.live < max(live_asked):
             notes.append(f"Largest live count measured: {top.live} (asked {max(live_asked)}).")
     big = [b for b in scale.batches if b.size >= 1000]
