@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from invoke import task
-
 from rich.text import Text
 
 from rig import adapt as adapt_mod

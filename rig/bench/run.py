@@ -36,7 +36,9 @@ class BenchOptions:
         return self.parts.selected(self.switches)
 
     def given_switches(self) -> list[str]:
-        return [s for s in self.parts.switches if self.switches is None or s in self.switches]
+        """The switches in effect (none given: every switch of the parts a plain run selects)."""
+        chosen = {part.switch for part in self.selected()} if self.switches is None else self.switches
+        return [s for s in self.parts.switches if s in chosen]
 
     def check(self) -> None:
         unknown = sorted(set(self.switches or ()) - set(self.parts.switches))
