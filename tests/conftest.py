@@ -72,6 +72,16 @@ def instrumenter(guest: QemuMachine, kernel: kernel_build.KernelBuild) -> Iterat
 
 
 @pytest.fixture
+def clean(instrumenter: Instrumenter) -> Iterator[Instrumenter]:
+    """The shared guest's instrumenter; the test starts and ends with no live splice, the whole kernel
+    text equal to vmlinux (springboards live in padding anywhere in it) and the repository consistent."""
+    instrumenter.unsplice_all()
+    yield instrumenter
+    instrumenter.unsplice_all()
+    assert instrumenter.audit() == []
+
+
+@pytest.fixture
 def components(instrumenter: Instrumenter) -> Iterator[ComponentManager]:
     """A component manager on the shared guest (its one gdb); whatever a test spliced or loaded is undone after."""
     manager = ComponentManager(instrumenter)

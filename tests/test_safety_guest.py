@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,14 +20,6 @@ POINTS = {
     "int3": dict(function="tcp_sync_mss", mode=Mode.INT3, offset=6),           # mov ecx, [esp+0x10]
     "trap-own": dict(function="tcp_sync_mss", mode=Mode.TRAP, offset=0xA, own_vector=True),  # mov ebx, [edx+...]
 }
-
-
-@pytest.fixture
-def clean(instrumenter: Instrumenter) -> Iterator[Instrumenter]:
-    instrumenter.unsplice_all()
-    yield instrumenter
-    instrumenter.unsplice_all()
-    assert instrumenter.audit() == []
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(POINTS)), ids="-".join)

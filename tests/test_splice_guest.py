@@ -1,8 +1,6 @@
 """Live splices in the real, running 2.4.20 guest through its GDB stub."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from rig.errors import RigError
@@ -12,16 +10,6 @@ from rig.splicer.analysis import FunctionCode, Instruction, disassemble_function
 from rig.splicer.kinds import Mode, Policy, SpliceRefused
 from rig.splicer.padding import padding_gaps
 from rig.splicer.plan import plan_splice
-
-
-@pytest.fixture
-def clean(instrumenter: Instrumenter) -> Iterator[Instrumenter]:
-    """Every test starts and ends with no active splice, the whole kernel text equal to vmlinux
-    (springboards live in padding anywhere in it) and the repository consistent."""
-    instrumenter.unsplice_all()
-    yield instrumenter
-    instrumenter.unsplice_all()
-    assert instrumenter.audit() == []
 
 
 def bench_getpid(guest: QemuMachine, n: int) -> dict[str, int]:

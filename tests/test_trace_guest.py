@@ -3,25 +3,14 @@ exact counts that agree with each other along straight-line code, annotate's vie
 the text equal to vmlinux again after one unsplice."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from rig.guest.machine import QemuMachine
-from rig.instrument import Instrumenter
-from rig.instrument import trace
+from rig.instrument import Instrumenter, trace
 from rig.instrument.manager import PointRequest
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
 from rig.splicer.kinds import Mode, SpliceRefused
-
-
-@pytest.fixture
-def clean(instrumenter: Instrumenter) -> Iterator[Instrumenter]:
-    instrumenter.unsplice_all()
-    yield instrumenter
-    instrumenter.unsplice_all()
-    assert instrumenter.audit() == []
 
 
 def test_every_instruction_requests_fit_each_instruction(kernel) -> None:  # noqa: ANN001 - fixture

@@ -1,33 +1,35 @@
 """The splicer's pure logic: kernel bytes in, a splice plan and bytes out. No guest I/O here.
 
-Modules: ``image`` (vmlinux/.o symbols, bytes, padding gaps), ``flow`` (branch targets and
-__ex_table sites image-wide), ``analysis`` (preprocessing: decode a function, where it may be
-overwritten), ``plan`` (the splice plan), ``springboard`` (jmp rel8 routes), ``repository``
-(guest memory layout, trap handler stub), ``idt`` (gate descriptors), ``stackcheck`` (busy points).
+Modules: ``image`` (vmlinux/.o symbols, bytes), ``padding`` (free gaps between functions),
+``flow`` (branch targets and __ex_table sites image-wide), ``analysis`` (decode a function, where
+it may be overwritten), ``sections`` (what may be spliced at all), ``window`` (the bytes a branch
+takes and what may never be in them), ``modes`` (one module per splice mode), ``plan`` (the
+splice plan, the auto tactics), ``springboard`` (jmp rel8 routes), ``dispatch`` (the shared
+handlers' hashed table), ``repository`` (guest memory layout, handler stubs), ``journal`` (the
+write journal), ``idt`` (gate descriptors), ``stackcheck`` (busy points), ``kinds`` (mode,
+policy, patch kind, refusal), ``component``/``component_table`` (C components).
 
-Splice protocol, for the I/O side (stop the guest for all of it):
+Splice protocol, for the I/O side (``rig.instrument``: the guest stopped for all of it, every
+write through its journaled transaction):
 
-1. Before any splice the repository is installed once: ``repository.install_writes(layout,
-   vector, idt_base, gate)`` writes the handler stub, an all-zero trap table and slot table, the
-   header, and last the IDT gate (``idt.make_trap_gate(layout.handler).encode()``) on a vector
-   from ``idt.find_free_vector`` (its gate must still point at ``ignore_int``).
-2. For a splice: read the slot records back (``repository.decode_slot``) and pass the in-use ones
-   as ``active``; take ``layout.free_slot(...)``. ``plan_splice`` returns a ``SplicePlan``.
+1. Before any splice the repository is installed once: ``repository.install_writes`` writes the
+   handler stubs, an empty dispatch table, the in-use flags, the header, and last the IDT gate
+   on a vector from ``idt.find_free_vector`` (its gate must still point at ``ignore_int``).
+2. For a splice: read the live slot records back (``repository.decode_slot``) and pass them as
+   ``active``; take ``layout.free_slot(...)``. ``plan_splice`` (or ``plan_auto``) returns a
+   ``SplicePlan``; a batch plans point after point, each seeing the records of those before.
 3. Busy check: no task's saved EIP or kernel-stack word may lie in ``plan.busy_ranges`` after
-   the first byte (``stackcheck.busy_words``). If one does, continue the guest and retry.
-4. Apply ``plan.writes`` in order. Each write with ``expect`` must first read back exactly those
-   bytes (the kernel text or padding is what the plan was made from); stop at the first mismatch
-   without writing anything. Order: patch area (counter zeroed + code), springboards, trap-table
-   entry (trap mode), slot record, and the instrumentation point LAST — so until the point is
-   written nothing can reach the new code, and after it everything it reaches is in place.
-5. Verify: read every written range back; it must equal ``data``.
-6. Undo: ``plan.undo`` (or ``rig.splicer.plan.undo_writes(layout, slot, record)`` from a record read from
-   the guest): the point FIRST (restoring ``original`` exactly), then springboards back to their
-   padding bytes, the trap-table key set to FREE_KEY, and the slot record zeroed. The patch area
-   stays (its hit counter can still be read).
+   the first byte (``stackcheck.busy_words``), nor in the patch area about to be reused.
+4. Apply ``plan.writes`` in order: patch area (counter zeroed + code), springboards, dispatch
+   bucket (shared trap and int3), slot record, in-use flag, a gate of its own, and the
+   instrumentation point LAST -- until the point is written nothing can reach the new code.
+5. Undo (``plan.undo``, or ``undo_writes`` from a record read from the guest): the point FIRST,
+   then springboards back to their padding bytes, the dispatch bucket released, the slot record
+   and flag cleared, a gate of its own given back. The patch area stays (its hit counter can
+   still be read).
 
 Before: the window holds the kernel's own instructions. After: its first bytes are the branch
-(``CD nn`` trap, ``E9 rel32`` jmp, or ``EB rel8`` into a springboard chain ending in ``E9 rel32``),
-the rest of the window int3 (0xCC); the patch runs the probe, the displaced instructions
-re-encoded for their new address, and ``jmp`` back to ``window.end``.
+(``CD nn`` trap, ``CC`` int3, ``E9 rel32`` jmp, or ``EB rel8`` into a springboard chain ending in
+``E9 rel32``), the rest of the window int3 (0xCC); the patch runs the probe, the displaced
+instructions re-encoded for their new address, and ``jmp`` back to ``window.end``.
 """
