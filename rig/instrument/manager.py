@@ -400,7 +400,7 @@ class Instrumenter:
         codes: dict[int, FunctionCode] = {}
         for request, code, point in resolved:
             slot = self.layout.free_slot(used)
-            own = self._free_own_vector(snap, exclude={v for v in vectors}) if request.own_vector else None
+            own = self._free_own_vector(snap, exclude=set(vectors)) if request.own_vector else None
             try:
                 plan = self._plan(code, point, request.mode, request.policy, slot, request.patch_kind,
                                   snap.header.vector, [*live, *(p.record for p in plans if p.record)],
@@ -544,10 +544,13 @@ class Instrumenter:
                                hint="the repository is damaged; reboot the guest")
             own = self._own_vector(record.vector) if record.vector else None
             undos[slot] = undo_writes(self.layout, slot, record, expect_new=None, own_vector=own)
+        everything = self._undo_transaction(snap, live, list(slots), undos)
         with self._stopped():
+            # One pipeline: the busy check, the counters, and the old bytes for undoing them all.
             batch = self.gdb.batch()
             busy_reads = self._queue_busy(batch, snap.tasks)
             counters = {slot: batch.read(live[slot].counter_address, 4) for slot in slots if live[slot].counter_address}
+            everything.queue_reads(batch)
             batch.run()
             words = self._busy_words(busy_reads)
             busy: list[tuple[int, SpliceRefused]] = []
@@ -559,8 +562,11 @@ class Instrumenter:
                     going.append(slot)
                 except SpliceRefused as refusal:
                     busy.append((slot, refusal))
-            if going:
-                self._apply_undo(snap, live, going, undos)
+            if going == list(slots):
+                everything.check()
+                everything.apply()
+            elif going:  # some are busy: undo the others alone (their own reads: one more pipeline)
+                self._undo_transaction(snap, live, going, undos).run()
         results = [UnspliceResult(slot, self.image.function_at(live[slot].point).name, live[slot].point,
                                   _u32(counters[slot].value) if slot in counters else 0, self.gdb.last_stall_s or 0.0,
                                   prep_stall_s=self.last_prep_stall_s or 0.0) for slot in going]
@@ -568,10 +574,10 @@ class Instrumenter:
             self._changed()
         return results, busy
 
-    def _apply_undo(self, snap: GuestSnapshot, live: dict[int, SlotRecord], going: Sequence[int],
-                    undos: dict[int, list[MemoryWrite]]) -> None:
-        """(guest stopped) One transaction: every point back first (the last one commits), then the
-        rest; vector 3 back to the kernel when no int3 splice stays."""
+    def _undo_transaction(self, snap: GuestSnapshot, live: dict[int, SlotRecord], going: Sequence[int],
+                          undos: dict[int, list[MemoryWrite]]) -> Transaction:
+        """Undoing ``going`` as one transaction: every point back first (the last one commits), then
+        the rest; vector 3 back to the kernel when no int3 splice stays."""
         staying = [record for slot, record in live.items() if slot not in going]
         points = [undos[slot][0] for slot in going]
         rest = [write for slot in going for write in undos[slot][1:]]
@@ -579,12 +585,7 @@ class Instrumenter:
             rest += self._int3_gate_writes(snap.int3_gate, to_rig=False)
         names = ", ".join(f"slot {slot} ({self.image.function_at(live[slot].point).name} at {live[slot].point:#x})"
                           for slot in going[:3]) + (f" and {len(going) - 3} more" if len(going) > 3 else "")
-        transaction = Transaction(self.gdb, self.layout, f"unsplice {names}", [points, rest], commit=points[-1])
-        batch = self.gdb.batch()
-        transaction.queue_reads(batch)
-        batch.run()
-        transaction.check()
-        transaction.apply()
+        return Transaction(self.gdb, self.layout, f"unsplice {names}", [points, rest], commit=points[-1])
 
     def _changed(self) -> None:
         if self.on_change is not None:
