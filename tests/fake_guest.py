@@ -2,8 +2,9 @@
 
 It satisfies :class:`rig.gdb.memory.GuestMemory` and the :class:`rig.gdb.batch.Pipeline` a real
 :class:`~rig.gdb.batch.Batch` runs on: it answers the three gdb/MI commands a batch sends
-(``-data-read-memory-bytes``, ``-data-write-memory-bytes``, ``-data-list-register-values``) in
-order, as gdb does, so the rig's own pipelining and answer parsing are what the tests run.
+(``-data-read-memory-bytes``, ``-data-write-memory-bytes``, ``-data-list-register-values``, and the
+``restore`` of a binary file larger writes go through) in order, as gdb does, so the rig's own
+pipelining and answer parsing are what the tests run.
 
 The memory is the rig guest's 64 MiB direct map at 0xC0000000 (sparse pages), zero except for vmlinux's
 allocated sections at their link addresses, the IDT as 2.4's ``trap_init`` leaves it
@@ -18,11 +19,16 @@ command's fresh gdb.
 """
 from __future__ import annotations
 
+import atexit
 import copy
+import shlex
+import shutil
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from emulator import DIRECT_MAP, DIRECT_MAP_SIZE, KERNEL_CS, kernel_idt
 
@@ -43,6 +49,17 @@ RIG_E820 = ((0, 640 << 10, 1), (1 * MiB, 15 * MiB, 1), (20 * MiB, 44 * MiB, 1))
 PAGE = 4096
 TASKS_BASE = DIRECT_MAP + 8 * MiB    # physical 8 MiB: RAM far above the kernel image, for fake tasks
 _E820_ENTRY = struct.Struct("<QQI")
+
+
+_blobs: list[Path] = []
+
+
+def _blob_directory() -> Path:
+    """One scratch directory for this test process's fakes, removed when it exits."""
+    if not _blobs:
+        _blobs.append(Path(tempfile.mkdtemp(prefix="ts-fake-")))
+        atexit.register(shutil.rmtree, _blobs[0], True)
+    return _blobs[0]
 
 
 class FakeGuest(BatchedAccess):
@@ -78,6 +95,7 @@ class FakeGuest(BatchedAccess):
         self.command_count = 0
         self.dead = False
         self._die_after: int | None = None
+        self.blob_path: Path | None = _blob_directory() / "writes.bin"  # fakes run one at a time
 
     # ---- the test's side: no stop needed, nothing counted ----------------------------------------
     def peek(self, address: int, length: int) -> bytes:
@@ -211,19 +229,32 @@ class FakeGuest(BatchedAccess):
             address, data = int(args[0], 16), bytes.fromhex(args[1])
             if not self.mapped(address, len(data)):
                 raise GdbCommandError(command, f"Could not write memory at {address:#x}")
-            self.poke(address, self._stuck(address, data) if self.read_only else data)
-            self.writes.append((address, data))
-            if self._die_after is not None:
-                self._die_after -= 1
-                if self._die_after == 0:
-                    self.dead = True
-                    raise GdbDied("gdb died (fake: killed right after a memory write)")
-            return MiResult(command, self.command_count, "done", {})
+            return self._write(command, address, data)
+        if name == "-interpreter-exec" and args[:2] == ["console", '"restore']:
+            # restore FILE binary BIAS START END: the file's bytes START..END at BIAS + START
+            path, kind, bias, start, end = shlex.split(command.split(None, 2)[2])[0].split()[1:]
+            assert kind == "binary"
+            data = Path(path).read_bytes()[int(start, 16):int(end, 16)]
+            address = int(bias, 16) + int(start, 16)
+            if not self.mapped(address, len(data)):  # gdb only warns, and answers ^done
+                return MiResult(command, self.command_count, "done", {},
+                                log=["warning: restore: memory write failed ((undocumented errno -1)).\n"])
+            return self._write(command, address, data)
         if name == "-data-list-register-values" and args[0] == "x":
             values = [{"number": number, "value": f"{self.registers[REGISTER_NAMES[int(number)]]:#x}"}
                       for number in args[1:]]
             return MiResult(command, self.command_count, "done", {"register-values": values})
         raise AssertionError(f"the fake guest does not know {command!r}")
+
+    def _write(self, command: str, address: int, data: bytes) -> MiResult:
+        self.poke(address, self._stuck(address, data) if self.read_only else data)
+        self.writes.append((address, data))
+        if self._die_after is not None:
+            self._die_after -= 1
+            if self._die_after == 0:
+                self.dead = True
+                raise GdbDied("gdb died (fake: killed right after a memory write)")
+        return MiResult(command, self.command_count, "done", {})
 
     # ---- GuestMemory --------------------------------------------------------------------------
     def batch(self) -> Batch:

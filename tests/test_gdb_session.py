@@ -20,6 +20,8 @@ from elftools.elf.elffile import ELFFile
 
 from rig.errors import RigError
 from rig.gdb import GdbCommandError, GdbSession, StubAddress
+from rig.gdb.batch import RESTORE_MIN_BYTES, Batch
+from rig.gdb.mi import MiResult
 
 QEMU = "qemu-system-i386"
 BIOS_TICKS = 0x46C       # BIOS data area: timer ticks since midnight, 18.2 Hz
@@ -172,6 +174,54 @@ def test_write_then_read_compiled_code(firmware_stub: tuple[Path, Qemu], tmp_pat
         finally:
             gdb.write_memory(SCRATCH, original)
         assert gdb.read_memory(SCRATCH, len(original)) == original
+
+
+def test_large_writes_go_through_restore(firmware_stub: tuple[Path, Qemu]) -> None:
+    """Writes from RESTORE_MIN_BYTES up are restored from the batch's file, small ones stay MI
+    writes, in queue order in one pipeline."""
+    sock, _ = firmware_stub
+    with GdbSession() as gdb:
+        gdb.attach(sock)
+        original = gdb.read_memory(SCRATCH, 0x3000)
+        big = bytes((i * 7) & 0xFF for i in range(0x2000))
+        try:
+            batch = gdb.batch()
+            batch.write(SCRATCH, big)                              # restored
+            batch.write(SCRATCH + 8, b"\x11\x22")                   # MI, lands on top of it
+            batch.write(SCRATCH + 0x2000, big[:RESTORE_MIN_BYTES])  # restored: its bytes further in the file
+            after = batch.read(SCRATCH, 0x2000 + RESTORE_MIN_BYTES)
+            kinds = [command.split('"')[1].split()[0] if "console" in command else command.split()[0]
+                     for command in batch._commands]
+            batch.run()
+            assert kinds == ["restore", "-data-write-memory-bytes", "restore", "-data-read-memory-bytes"]
+            assert after.value == big[:8] + b"\x11\x22" + big[10:] + big[:RESTORE_MIN_BYTES]
+        finally:
+            gdb.write_memory(SCRATCH, original)
+        assert gdb.read_memory(SCRATCH, len(original)) == original
+
+
+class _WarningPipeline:
+    """gdb's answer to a restore the target refused: ^done, and a warning on the log stream."""
+
+    def __init__(self, path: Path) -> None:
+        self.blob_path = path
+
+    def commands(self, commands: list[str], timeout_s: float | None = None) -> list[MiResult]:
+        return [MiResult(c, i, "done", {}, log=["warning: restore: memory write failed (errno -1).\n"])
+                for i, c in enumerate(commands)]
+
+    def require_stopped(self, action: str) -> None:
+        pass
+
+    def register_names(self) -> list[str]:
+        return []
+
+
+def test_refused_restore_raises(tmp_path: Path) -> None:
+    batch = Batch(_WarningPipeline(tmp_path / "writes.bin"))
+    batch.write(0xC1000000, bytes(RESTORE_MIN_BYTES))
+    with pytest.raises(GdbCommandError, match="memory write failed"):
+        batch.run()
 
 
 def test_guest_runs_only_between_interrupts(firmware_stub: tuple[Path, Qemu]) -> None:

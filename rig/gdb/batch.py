@@ -4,20 +4,32 @@ Reads, writes and register reads are queued, then :meth:`Batch.run` sends every 
 before reading the first answer (gdb executes them in order, so a read queued after a write
 sees the written bytes).  Each queued read returns a :class:`Pending` that holds its value
 once the batch has run.
+
+Writes of :data:`RESTORE_MIN_BYTES` or more go through gdb's ``restore FILE binary`` from one
+file of the batch's bytes instead of ``-data-write-memory-bytes``: gdb 13 parses that command's
+hex argument with one ``sscanf`` per byte, each of which measures the rest of the string, so the
+cost grows with the square of the length (measured on the QEMU stub: 2 KiB 2.2 ms, 16 KiB
+19 ms, 128 KiB 290-400 ms, against 0.3, 1.2 and 8 ms restored from a file).  Both end in the
+same ``M`` packets to the stub.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from rig.errors import RigError
-from rig.gdb.mi import GdbCommandError, MiResult
+from rig.gdb.mi import GdbCommandError, MiResult, mi_quote
 
 
 T = TypeVar("T")
 _HEX_RE = re.compile(r"0x[0-9a-fA-F]+")
+# Below this a -data-write-memory-bytes is cheaper (restore opens and reads a file: ~0.1 ms a
+# command against ~0.05 ms; 20 writes of 128 bytes took 3.5 ms as MI writes, 2.9 ms restored).
+RESTORE_MIN_BYTES = 64
+RESTORE_COMMAND = "restore"  # rig.gdb.dying counts these as memory writes too
 
 
 @dataclass
@@ -47,12 +59,18 @@ class Pipeline(Protocol):
 
     def register_names(self) -> list[str]: ...
 
+    @property
+    def blob_path(self) -> Path | None:
+        """A file the batch may fill with write data for gdb's ``restore`` (None: MI writes only)."""
+        ...
+
 
 @dataclass
 class Batch:
     session: Pipeline
     _commands: list[str] = field(default_factory=list)
     _finishers: list[Callable[[MiResult], None]] = field(default_factory=list)
+    _blob: bytearray = field(default_factory=bytearray)   # the bytes the queued restores read
 
     def read(self, address: int, length: int) -> Pending[bytes]:
         check_region(address, length)
@@ -63,7 +81,15 @@ class Batch:
 
     def write(self, address: int, data: bytes) -> None:
         check_region(address, len(data))
-        self._queue(f"-data-write-memory-bytes {address:#x} {bytes(data).hex()}", lambda result: None)
+        path = self.session.blob_path
+        offset = len(self._blob)
+        if len(data) < RESTORE_MIN_BYTES or path is None or address < offset:
+            self._queue(f"-data-write-memory-bytes {address:#x} {bytes(data).hex()}", lambda result: None)
+            return
+        self._blob += data
+        # restore FILE binary BIAS START END writes the file's bytes START..END at BIAS + START.
+        command = restore_command(path, address - offset, offset, offset + len(data))
+        self._queue(f"-interpreter-exec console {mi_quote(command)}", _restored(address, len(data)))
 
     def registers(self, names: Sequence[str]) -> Pending[dict[str, int]]:
         """Integer registers by name (names must exist on the target: see GdbSession.register_names)."""
@@ -89,9 +115,14 @@ class Batch:
         """Send everything, then collect every answer (raises on the first gdb error)."""
         commands, finishers = self._commands, self._finishers
         self._commands, self._finishers = [], []
+        blob, self._blob = self._blob, bytearray()
         if not commands:
             return
         self.session.require_stopped(f"run {len(commands)} memory/register request(s)")
+        if blob:
+            path = self.session.blob_path
+            assert path is not None
+            path.write_bytes(blob)
         try:
             results = self.session.commands(commands)
         except GdbCommandError as error:
@@ -99,6 +130,21 @@ class Batch:
                                   hint="the address is not mapped in the guest right now") from error
         for finish, result in zip(finishers, results):
             finish(result)
+
+
+def restore_command(path: Path, bias: int, start: int, end: int) -> str:
+    """The CLI command that writes bytes ``start``..``end`` of ``path`` to ``bias + start``."""
+    return f"{RESTORE_COMMAND} {path} binary {bias:#x} {start:#x} {end:#x}"
+
+
+def _restored(address: int, length: int) -> Callable[[MiResult], None]:
+    """A restore answers ^done even when the target refused the write: it only warns."""
+    def finish(result: MiResult) -> None:
+        warnings = [line.strip() for line in result.log if "warning" in line]
+        if warnings:
+            raise GdbCommandError(result.command, f"writing {length} bytes at {address:#x}: {warnings[0]}",
+                                  hint="the address is not mapped in the guest right now")
+    return finish
 
 
 def check_region(address: int, length: int) -> None:

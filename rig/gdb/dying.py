@@ -1,7 +1,8 @@
 """A gdb that dies right after its k-th memory write: fault injection for the write journal.
 
 ``python -m rig.gdb.dying K REAL_GDB [gdb arguments...]`` runs the real gdb behind a relay of
-its MI stream. It forwards commands until the K-th ``-data-write-memory-bytes``, holds back
+its MI stream. It forwards commands until the K-th memory write (a ``-data-write-memory-bytes``
+or a batch's ``restore`` of a binary file, see :mod:`rig.gdb.batch`), holds back
 everything after that one, waits for gdb's answer to it (so exactly K writes reached the guest),
 then kills gdb with SIGKILL and exits: to the rig it looks like its gdb died at that write, the
 way a killed ``invoke`` or a crashed host would leave things. :func:`launcher` writes a small
@@ -18,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-_WRITE = re.compile(rb"^(\d+)-data-write-memory-bytes\b")
+_WRITE = re.compile(rb'^(\d+)(?:-data-write-memory-bytes\b|-interpreter-exec console "restore )')
 KILLED_EXIT = 137
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -58,6 +60,7 @@ class GdbSession(BatchedAccess):
         self._register_names: list[str] | None = None
         self.last_stall_s: float | None = None  # host time from interrupt to continue, last stopped()
         self.command_count = 0
+        self._scratch: Path | None = None  # a directory of this session's own: the batches' restore file
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -82,6 +85,7 @@ class GdbSession(BatchedAccess):
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)  # a ^C meant for us must not reach gdb
         try:
+            self._scratch = Path(tempfile.mkdtemp(prefix="ts-gdb-"))
             self._mi = MiChannel(self._process)
             # mi-async must be on before connecting: without it -exec-continue blocks gdb
             # and -exec-interrupt cannot be sent while the guest runs.
@@ -130,6 +134,9 @@ class GdbSession(BatchedAccess):
             self._process = None
             self._mi = None
             self._stub = None
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
 
     @staticmethod
     def _reap(process: subprocess.Popen[bytes]) -> None:
@@ -303,6 +310,15 @@ class GdbSession(BatchedAccess):
     def batch(self) -> Batch:
         """Queue reads, writes and register reads; ``run()`` sends them as one pipeline."""
         return Batch(self)
+
+    @property
+    def blob_path(self) -> Path | None:
+        """Where a batch puts the bytes of its larger writes for gdb's ``restore`` (see
+        :mod:`rig.gdb.batch`); None when the path would need quoting on gdb's command line."""
+        if self._scratch is None:
+            return None
+        path = self._scratch / "writes.bin"
+        return None if any(c.isspace() or c in "\"'\\" for c in str(path)) else path
 
     def require_stopped(self, action: str) -> None:
         self._require_attached(action)
