@@ -18,6 +18,7 @@ from fake_guest import FakeGuest
 
 import rig.instrument.manager as manager_module
 from rig.errors import RigError
+from rig.gdb.batch import READ_GAP
 from rig.gdb.memory import GuestMemory
 from rig.gdb.mi import GdbCommandError, GdbDied
 from rig.gdb.session import GdbSession
@@ -150,13 +151,28 @@ def test_a_batch_runs_in_order_and_errors_after_the_rest(fake: FakeGuest, image:
     assert fake.running and fake.stops == 1 and fake.last_stall_s is not None
 
 
+def test_neighbouring_reads_go_as_one_command(fake: FakeGuest) -> None:
+    """Batch.reads: regions within READ_GAP of each other are one read, each gets its own slice."""
+    where = LAYOUT.base + 0x3000
+    fake.poke(where, bytes(range(256)) * 8)
+    far = where + 308 + READ_GAP + 1  # one byte too far from the region before it
+    regions = [(far + 100, 16), (where + 300, 8), (where, 4), (where + 2, 4), (far, 4)]
+    with fake.stopped():
+        batch = fake.batch()
+        pending = batch.reads(regions)
+        assert len(batch) == 2
+        batch.run()
+    assert [p.value for p in pending] == [fake.peek(address, length) for address, length in regions]
+
+
 # ---- splice and unsplice in every mode -------------------------------------------------------------
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_splice_then_unsplice_all_leaves_vmlinux(fake: FakeGuest, inst: Instrumenter, image: KernelImage,
                                                   case: Case) -> None:
     result = case.splice(inst)
     assert result.plan.mode is case.mode and fake.running
-    assert fake.stops == 2  # the prep stop (which installed the repository), then the splice stop
+    # The prep stop (which installed the repository), the staging stop, then the stop that writes the point.
+    assert fake.stops == 3
     assert inst.audit() == []
     header, active = inst.active()
     assert header is not None and [(a.function, a.mode) for a in active] == [(case.function, case.mode.name.lower())]
@@ -235,6 +251,29 @@ def test_a_task_forked_after_the_prep_stop_is_seen(fake: FakeGuest, inst: Instru
     with pytest.raises(SpliceRefused) as refused:
         inst.splice("sys_getpid", mode=Mode.TRAP, retries=0)
     assert forked and f"task {forked[0]:#x}" in refused.value.message and fake.writes == []
+
+
+def test_a_point_busy_only_in_the_stop_that_writes_it_takes_the_staged_writes_back(fake: FakeGuest,
+                                                                                   inst: Instrumenter) -> None:
+    """The staging stop found the window free and wrote the repository side; a task that slept in
+    the window since makes the stop that writes the point refuse (every retry), and the staged
+    writes are taken back: the guest is as before, the journal closed."""
+    point = inst.image.symbol("sys_getpid").address
+    _installed(fake, inst)
+    before = fake.clone()
+    entered: list[int] = []
+
+    def sleep_inside_after_staging(guest: FakeGuest) -> None:
+        if guest.stops == 3 and not entered:  # the first stop after the staging stop
+            entered.append(guest.add_task([point + 1]))
+    fake.on_stop = sleep_inside_after_staging
+    with pytest.raises(SpliceRefused) as refused:
+        inst.splice("sys_getpid", mode=Mode.TRAP, retries=1)
+    assert refused.value.reason == "busy" and f"task {entered[0]:#x}" in refused.value.message
+    assert fake.stops == 1 + 1 + 2 + 1  # prep, staging, 2 attempts to commit, taking the staged writes back
+    assert fake.writes and not journal_open(fake) and fake.running
+    assert text_is_vmlinux(fake, inst.image) and state(fake)[1:] == state(before)[1:]  # the repository too
+    assert inst.audit() == []
 
 
 def test_unsplice_refused_while_the_vcpu_is_in_the_shared_handler(fake: FakeGuest, inst: Instrumenter,

@@ -27,6 +27,7 @@ from typing import Literal, TypeVar, overload
 from rig.errors import RigError
 from rig.gdb.batch import Batch, Pending
 from rig.gdb.memory import GuestMemory
+from rig.gdb.mi import GdbDied
 from rig.gdb.session import GdbSession
 from rig.guest.kernel_layout import TaskLayout, task_layout
 from rig.guest.machine import REPOSITORY_PHYS, REPOSITORY_SIZE
@@ -78,10 +79,11 @@ class ActiveSplice:
 @dataclass(frozen=True)
 class SpliceResult:
     plan: SplicePlan
-    stall_s: float        # host time the guest was held stopped for the splice itself
+    stall_s: float        # host time the guest was held stopped to check and write the point
     busy_retries: int
     vector: int
     prep_stall_s: float = 0.0  # the earlier stop that read the repository and the task list
+    stage_stall_s: float = 0.0  # the stop between them that wrote what no branch leads to yet
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,10 @@ class BatchResult:
     plans: list[SplicePlan]
     vectors: list[int]                # per plan: the IDT vector its branch raises (0: a jmp)
     refused: list[tuple[PointRequest, SpliceRefused]]
-    stall_s: float                    # host time the guest was held stopped to check and write them all
+    stall_s: float                    # host time the guest was held stopped to check and write the points
     prep_stall_s: float
     busy_retries: int
+    stage_stall_s: float = 0.0        # the stop before it that wrote patches, records, buckets (nothing live)
 
 
 @dataclass(frozen=True)
@@ -275,11 +278,15 @@ class Instrumenter:
         """Queue what the busy check needs: the vCPU's registers, every known task's list link and
         saved esp as they are now, and their stacks from where the prep stop saw them."""
         lay, size = self.tasks_layout, self.tasks_layout.stack_size
-        # One read a task covers both fields (72 and 632 bytes in on 2.4.20): a command is what costs.
+        # One read a task covers both fields (72 and 632 bytes in on 2.4.20), and neighbouring
+        # reads go as one (kernel threads' 8 KiB task unions lie side by side: a stack's top and
+        # the next task's fields are 72 bytes apart): a command is what costs.
         low, high = min(lay.next_task, lay.thread_esp), max(lay.next_task, lay.thread_esp) + 4
-        heads = {task: batch.read(task + low, high - low) for task, _ in tasks}
-        stacks = {task: (esp & ~3, batch.read(esp & ~3, task + size - (esp & ~3)))
-                  for task, esp in tasks if task < esp < task + size}
+        deep = [(task, esp & ~3) for task, esp in tasks if task < esp < task + size]
+        pending = batch.reads([(task + low, high - low) for task, _ in tasks]
+                              + [(start, task + size - start) for task, start in deep])
+        heads = dict(zip((task for task, _ in tasks), pending))
+        stacks = {task: (start, read) for (task, start), read in zip(deep, pending[len(tasks):])}
         return _BusyReads(batch.registers(["eip", "esp", "cs"]), heads, stacks)
 
     def _tasks_now(self, reads: _BusyReads) -> list[tuple[int, int]]:
@@ -382,7 +389,7 @@ class Instrumenter:
                                own_vector)
         done = self.splice_many([request], retries=retries)
         return SpliceResult(done.plans[0], done.stall_s, done.busy_retries, done.vectors[0],
-                            prep_stall_s=done.prep_stall_s)
+                            prep_stall_s=done.prep_stall_s, stage_stall_s=done.stage_stall_s)
 
     def splice_many(self, requests: Sequence[PointRequest], retries: int = 20, strict: bool = True) -> BatchResult:
         """Plan every point, then apply them all in one guest stop, all or nothing (the kernel's
@@ -392,7 +399,7 @@ class Instrumenter:
         resolved = [(request, *self.resolve_point(request.function, request.offset, request.address))
                     for request in requests]
         snap = self.prep(read_idt=any(request.own_vector for request in requests))
-        live = [record for _, record in snap.active()]
+        live_records = [record for _, record in snap.active()]
         used = {index for index, _ in snap.active()}
         plans: list[SplicePlan] = []
         vectors: list[int] = []
@@ -403,7 +410,7 @@ class Instrumenter:
             own = self._free_own_vector(snap, exclude=set(vectors)) if request.own_vector else None
             try:
                 plan = self._plan(code, point, request.mode, request.policy, slot, request.patch_kind,
-                                  snap.header.vector, [*live, *(p.record for p in plans if p.record)],
+                                  snap.header.vector, [*live_records, *(p.record for p in plans if p.record)],
                                   springboards=request.springboards, call_target=request.call_target,
                                   own_vector=own)
             except SpliceRefused as refusal:
@@ -419,43 +426,65 @@ class Instrumenter:
             return BatchResult([], [], refused, 0.0, self.last_prep_stall_s or 0.0, 0)
         # int3: vector 3 is re-pointed at the rig's stub before any point.
         gate = self._int3_gate_writes(snap.int3_gate, to_rig=True) if any(p.mode is Mode.INT3 for p in plans) else []
-        bodies = [write for plan in plans for write in plan.writes[:-1]]
+        # What no branch leads to yet (patch areas, springboards, dispatch buckets, slot records and
+        # flags) is staged in a first stop; the gates and the points that make it live follow in a
+        # second, the stop the guest notices.
+        staged = [_whole_area(write) for plan in plans for write in plan.writes[:-1] if write.role != "idt-gate"]
+        live = [write for plan in plans for write in plan.writes[:-1] if write.role == "idt-gate"] + gate
         points = [plan.writes[-1] for plan in plans]
         what = plans[0].summary() if len(plans) == 1 else f"{len(plans)} points in {len(codes)} function(s)"
-        transaction = Transaction(self.gdb, self.layout, f"splice {what}", [[*bodies, *gate], points],
-                                  commit=points[-1])
+        # Writes merge across gaps up to a patch area's size: the gaps then hold dispatch buckets,
+        # records and text that do not change while the journal is open, never a live counter.
+        transaction = Transaction(self.gdb, self.layout, f"splice {what}", [staged, [*live, *points]],
+                                  commit=points[-1], merge_gap=repository.PATCH_AREA_SIZE - 1)
         gone = [ByteRange(self.layout.patch_area(plan.slot), repository.PATCH_AREA_SIZE) for plan in plans]
         windows = [window for plan in plans for window in plan.busy_ranges]
 
-        def attempt() -> None:
+        def stage() -> None:
             with self._stopped():
-                # One pipeline reads everything the plans rest on; then the transaction writes.
+                # One pipeline reads everything the plans rest on; then the staged writes.
                 batch = self.gdb.batch()
                 texts = [(code, batch.read(code.start, code.end - code.start)) for code in codes.values()]
-                flags = batch.read(self.layout.in_use_flag(0), self.layout.slots)
-                size = repository.SLOT_RECORD_SIZE
-                slot_runs = [(first, batch.read(self.layout.slot_record(first), (end - first) * size))
-                             for first, end in _runs(sorted(plan.slot for plan in plans))]
                 busy = self._queue_busy(batch, snap.tasks)
                 transaction.queue_reads(batch)
                 batch.run()
                 for code, text in texts:
-                    self._check_function_text(code, text.value, live)
-                now = {first + i: raw.value[i * size:(i + 1) * size] for first, raw in slot_runs
-                       for i in range(len(raw.value) // size)}
-                taken = [plan.slot for plan in plans if flags.value[plan.slot]
-                         or now[plan.slot] != repository.encode_slot(snap.slots[plan.slot])]
+                    self._check_function_text(code, text.value, live_records)
+                size = repository.SLOT_RECORD_SIZE
+                taken = [plan.slot for plan in plans if transaction.old_at(self.layout.in_use_flag(plan.slot), 1) != b"\0"
+                         or transaction.old_at(self.layout.slot_record(plan.slot), size)
+                         != repository.encode_slot(snap.slots[plan.slot])]
                 if taken:
                     raise RigError(f"repository slot(s) {', '.join(map(str, taken))} changed since it was read",
                                    hint="is another rig process splicing? retry")
                 transaction.check()
+                # Windows too, though the points wait for the next stop: a busy point writes nothing.
                 self._refuse_if_busy(windows, gone, self._busy_words(busy))
+                transaction.stage(1)
+
+        def commit() -> None:
+            with self._stopped():
+                # The busy check again, in the stop that writes the points, and their bytes as journaled.
+                batch = self.gdb.batch()
+                busy = self._queue_busy(batch, snap.tasks)
+                transaction.queue_commit_reads(batch)
+                batch.run()
+                transaction.check_commit()
+                self._refuse_if_busy(windows, (), self._busy_words(busy))
                 transaction.apply()
 
-        _, attempts = _with_retries(attempt, retries)
+        _, staging_retries = _with_retries(stage, retries)
+        stage_stall_s = self.gdb.last_stall_s or 0.0
+        try:
+            _, commit_retries = _with_retries(commit, retries)
+        except RigError as failed:
+            if transaction.open and not isinstance(failed, GdbDied):  # (a dead gdb: the next command rolls back)
+                with self._stopped():
+                    transaction.abandon()
+            raise
         self._changed()
         return BatchResult(plans, vectors, refused, self.gdb.last_stall_s or 0.0, self.last_prep_stall_s or 0.0,
-                           attempts)
+                           staging_retries + commit_retries, stage_stall_s=stage_stall_s)
 
     def _own_vector(self, vector: int) -> OwnVector:
         """The gate a vector of a splice's own had before (at ``ignore_int``, as 2.4's setup_idt made it)."""
@@ -585,7 +614,10 @@ class Instrumenter:
             rest += self._int3_gate_writes(snap.int3_gate, to_rig=False)
         names = ", ".join(f"slot {slot} ({self.image.function_at(live[slot].point).name} at {live[slot].point:#x})"
                           for slot in going[:3]) + (f" and {len(going) - 3} more" if len(going) > 3 else "")
-        return Transaction(self.gdb, self.layout, f"unsplice {names}", [points, rest], commit=points[-1])
+        # Scattered buckets, records and flags merge as a splice's do (one stop: nothing runs between
+        # reading a gap and rewriting it).
+        return Transaction(self.gdb, self.layout, f"unsplice {names}", [points, rest], commit=points[-1],
+                           merge_gap=repository.PATCH_AREA_SIZE - 1)
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -716,6 +748,14 @@ class Instrumenter:
     def handler_hits(self) -> int:
         with self._stopped():
             return int.from_bytes(self.gdb.read_memory(self.layout.handler_hits, 4), "little")
+
+
+def _whole_area(write: MemoryWrite) -> MemoryWrite:
+    """A free slot's patch write padded to its whole area: the areas of neighbouring slots become
+    one write (never across a live slot's area, whose counter runs while a staged journal is open)."""
+    if write.role != "patch":
+        return write
+    return MemoryWrite(write.address, write.data.ljust(repository.PATCH_AREA_SIZE, b"\0"), write.role, write.expect)
 
 
 def _runs(addresses: Sequence[int]) -> list[tuple[int, int]]:

@@ -9,8 +9,13 @@ guest held stopped by the caller:
 2. :meth:`Transaction.check` refuses if a write's ``expect`` does not hold or another
    transaction is still open;
 3. :meth:`Transaction.apply` records the journal, then writes group by group, each group
-   read back before the next (the commit write in its own group), then marks the journal idle.
-   A read-back that differs rolls everything back on the spot.
+   read back before the next (the commit write in the last group, last), then marks the journal
+   idle. A read-back that differs, or a write gdb refuses, rolls everything back on the spot.
+
+A change may take two stops: :meth:`Transaction.stage` journals it and writes its first groups
+(what the guest cannot reach yet), leaving the journal open; a later stop checks again
+(:meth:`Transaction.queue_commit_reads`, :meth:`Transaction.check_commit`) and
+:meth:`Transaction.apply` writes the rest.
 
 :func:`recover` finishes a transaction a dead rig process left open (see
 :mod:`rig.splicer.journal` for the rule); every command runs it right after attaching, before
@@ -24,10 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rig.errors import RigError
-from rig.gdb.batch import Batch, Pending
+from rig.gdb.batch import READ_GAP, Batch, Pending
 from rig.gdb.memory import GuestMemory
+from rig.gdb.mi import GdbCommandError
 from rig.splicer import journal
-from rig.splicer.memory import MemoryWrite, coalesce, spans
+from rig.splicer.memory import MERGE_GAP, MemoryWrite, coalesce, spans
 from rig.splicer.repository import RepositoryLayout
 
 log = logging.getLogger(__name__)
@@ -55,10 +61,17 @@ class Transaction:
     operation: str
     groups: Sequence[Sequence[MemoryWrite]]
     commit: MemoryWrite
+    merge_gap: int = MERGE_GAP  # neighbouring writes this close become one (the gap rewritten as it is)
     _spans: list[tuple[int, Pending[bytes]]] = field(default_factory=list, init=False)
     _span_starts: list[int] = field(default_factory=list, init=False)
     _journal_header: Pending[bytes] | None = field(default=None, init=False)
     _sequence: int = field(default=1, init=False)  # one more than the last transaction's: ties a journal to its run
+    _groups: list[list[MemoryWrite]] = field(default_factory=list, init=False)   # coalesced, as written
+    _entry: journal.JournalEntry | None = field(default=None, init=False)
+    _payload: bytes = field(default=b"", init=False)
+    _header: bytes = field(default=b"", init=False)
+    _staged: int = field(default=0, init=False)    # groups written by stage()
+    _commit_spans: list[tuple[int, Pending[bytes]]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.groups = [list(group) for group in self.groups if group]
@@ -74,7 +87,7 @@ class Transaction:
         """The bytes under every write, neighbours read together (a batch of a thousand splices is
         a handful of reads, not thousands), and the journal header."""
         ranges = [(w.address, w.end) for w in self.writes]
-        self._spans = [(start, batch.read(start, end - start)) for start, end in spans(ranges)]
+        self._spans = [(start, batch.read(start, end - start)) for start, end in spans(ranges, gap=READ_GAP)]
         self._span_starts = [start for start, _ in self._spans]
         self._journal_header = batch.read(self.layout.journal, journal.HEADER_SIZE)
 
@@ -99,38 +112,115 @@ class Transaction:
                 raise ExpectedBytesDiffer(write, found)
 
     def apply(self) -> None:
-        """Journal, then each group written and read back; the journal marked idle last. Each group
-        is coalesced first (neighbouring writes become one), the commit write's kept last."""
+        """Journal (unless :meth:`stage` did), then each group not yet written, written and read
+        back; the journal marked idle last. Each group is coalesced first (neighbouring writes
+        become one), the commit write's kept last."""
+        self._prepare()
+        self._write_groups(self._staged, len(self._groups), record=self._staged == 0)
+
+    def stage(self, groups: int) -> None:
+        """(an earlier stop) Journal the whole change, then write and read back its first ``groups``
+        groups, and leave the journal open: the writes no one can reach yet (a splice's patch
+        areas, slot records and dispatch buckets) go before the stop that makes them live. That
+        stop runs :meth:`queue_commit_reads`, :meth:`check_commit` and :meth:`apply`; or
+        :meth:`abandon` takes the staged writes back. A rig that dies in between leaves the journal
+        open with the commit write not landed: the next command rolls it back."""
+        self._prepare()
+        if not 0 < groups < len(self._groups) or self._commit_group() < groups:
+            raise ValueError("stage some groups before the one that commits, not all")
+        self._write_groups(0, groups, record=True)
+        self._staged = groups
+
+    def queue_commit_reads(self, batch: Batch) -> None:
+        """(the stop after :meth:`stage`) The bytes now under the writes still to come:
+        :meth:`check_commit` compares them with what the journal recorded. (The journal itself is
+        not read again: QEMU's stub admits one gdb, this one, so nothing else wrote the guest
+        between the stops, and the kernel never touches the repository.)"""
+        assert self._staged, "stage first"
+        ranges = [(w.address, w.end) for group in self._groups[self._staged:] for w in group]
+        self._commit_spans = [(start, batch.read(start, end - start)) for start, end in spans(ranges, gap=READ_GAP)]
+
+    def check_commit(self) -> None:
+        """(after the batch ran) The bytes under every write still to come are what the journal
+        recorded (with the staged writes on top), so its expected bytes hold in this stop too."""
+        assert self._entry is not None
+        starts = [start for start, _ in self._commit_spans]
+        staged = [w for group in self._groups[:self._staged] for w in group]
+        recorded = _overlay(self._old_at, staged)
+        for write in (w for group in self._groups[self._staged:] for w in group):
+            start, pending = self._commit_spans[bisect.bisect_right(starts, write.address) - 1]
+            now = pending.value[write.address - start:write.end - start]
+            if now != recorded(write.address, len(write.data)):
+                raise ExpectedBytesDiffer(MemoryWrite(write.address, write.data, write.role,
+                                                      expect=recorded(write.address, len(write.data))), now)
+
+    @property
+    def open(self) -> bool:
+        """Staged, and neither finished nor rolled back: the guest's journal is open."""
+        return self._staged > 0
+
+    def abandon(self) -> None:
+        """(guest stopped) Take back what :meth:`stage` wrote and close the journal."""
+        assert self._entry is not None and self.open
+        written = sum(len(group) for group in self._groups[:self._staged])
+        self._roll_back(journal.JournalEntry(self._entry.operation, self._entry.writes[:written], 0,
+                                             self._entry.sequence))
+        self._staged = 0
+
+    def old_at(self, address: int, length: int) -> bytes:
+        """(after :meth:`queue_reads`' batch ran) The bytes that were at ``address`` before any write."""
+        return self._old_at(address, length)
+
+    def _prepare(self) -> None:
+        """The coalesced groups and the journal entry, made once."""
+        if self._entry is not None:
+            return
         committing = self._commit_group()
         groups: list[list[MemoryWrite]] = []
         for index, group in enumerate(self.groups):
             # A coalesced write rewrites the bytes between its parts as they are *then*: after the
             # groups before it (an unsplice's springboards lie near the point it restored first).
             then = _overlay(self._old_at, [w for earlier in self.groups[:index] for w in earlier])
-            groups.append(coalesce(group, then, keep_last=self.commit if index == committing else None))
+            groups.append(coalesce(group, then, keep_last=self.commit if index == committing else None,
+                                   gap=self.merge_gap))
         writes = [write for group in groups for write in group]
         old = [self._old_at(w.address, len(w.data)) for w in writes]
         commit = sum(len(group) for group in groups[:committing + 1]) - 1  # the last of its group
-        entry = journal.entry_for(self.operation, writes, old, commit, self._sequence)
-        payload, header = journal.encode(entry)
+        self._entry = journal.entry_for(self.operation, writes, old, commit, self._sequence)
+        self._payload, self._header = journal.encode(self._entry)
+        self._groups = groups
         log.debug("%s: %d write(s) as %d in %d group(s), commit %s", self.operation, len(self.writes), len(writes),
                   len(groups), self.commit.role)
-        record: list[MemoryWrite] = [MemoryWrite(self.layout.journal + journal.HEADER_SIZE, payload, "journal"),
-                                     MemoryWrite(self.layout.journal, header, "journal-header")]
+
+    def _write_groups(self, first: int, end: int, record: bool) -> None:
+        """Groups ``first``..``end`` written, each read back in its own pipeline (the journal's
+        payload and header first when ``record``); the journal goes idle after the last group."""
+        assert self._entry is not None
+        entry = self._entry
+        journal_writes = [MemoryWrite(self.layout.journal + journal.HEADER_SIZE, self._payload, "journal"),
+                          MemoryWrite(self.layout.journal, self._header, "journal-header")] if record else []
         idle = MemoryWrite(self.layout.journal, journal.idle_header(entry.sequence), "journal-idle")
-        done: list[MemoryWrite] = []
-        for index, group in enumerate(groups):
-            last = index == len(groups) - 1
+        done = [w for group in self._groups[:first] for w in group]
+        for index in range(first, end):
+            group = self._groups[index]
+            last = index == len(self._groups) - 1
             try:
                 # The journal goes idle in the last group's pipeline, after its read-back: a death
                 # before that leaves it open (all written: the next command finishes it forward).
-                _write_checked(self.gdb, [*record, *group], check=group, before=done, then=[idle] if last else [])
-            except _ReadBackDiffers as differs:
-                self._roll_back(entry)
-                raise RigError(f"read-back of {differs.write.role} at {differs.write.address:#x} differs from what "
-                               f"was written; '{self.operation}' was rolled back",
+                _write_checked(self.gdb, [*journal_writes, *group], check=group, before=done,
+                               then=[idle] if last else [])
+            except (_ReadBackDiffers, GdbCommandError) as failed:
+                # A refused write (gdb's ^error) does not stop the pipeline: undo all, as for a read-back.
+                written = len(done) + len(group)
+                self._staged = 0  # rolled back here: nothing left to abandon
+                self._roll_back(journal.JournalEntry(entry.operation, entry.writes[:written], 0, entry.sequence))
+                what = (f"read-back of {failed.write.role} at {failed.write.address:#x} differs from what was written"
+                        if isinstance(failed, _ReadBackDiffers) else f"gdb refused a write ({failed.gdb_message})")
+                raise RigError(f"{what}; '{self.operation}' was rolled back",
                                hint="the guest memory is not writable there?") from None
-            record, done = [], [*done, *group]
+            journal_writes, done = [], [*done, *group]
+        if end == len(self._groups):
+            self._staged = 0  # finished: the journal is idle
 
     def _commit_group(self) -> int:
         return next(i for i, group in enumerate(self.groups) if any(w is self.commit for w in group))
