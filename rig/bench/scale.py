@@ -7,9 +7,11 @@ live, and how long does one batch hold the guest stopped?
   ``sys_getpid+0`` in the highest slot (slots are taken lowest-free-first), timed by the guest's
   ``bench getpid N`` as Table 1 times it. Overhead = spliced - unspliced getpid, the unspliced
   baseline measured with the fillers live. All splices are undone (one stop) before the next L.
-* Guest stop time against batch size: ``splice_many`` of B filler points, its host-timed stop
-  (the guest's TSC cannot see a stop under TCG), the prep stop before it and the wall time of
-  the whole call; everything undone between.
+* Guest stop time against batch size: ``splice_many`` of B filler points, its host-timed stops
+  (the guest's TSC cannot see a stop under TCG): the one that checks and writes the points (the
+  goal's), the staging stop before it that wrote what no branch leads to yet (patch areas,
+  dispatch buckets, slot records), the prep stop, and the wall time of the whole call; the MI
+  commands and bytes of the point stop; everything undone between.
 
 Opt-in (``invoke bench --scale``): a full run fills 4096 slots in every clock's guest.
 """
@@ -88,11 +90,12 @@ class BatchPoint:
     size: int                  # B asked for
     spliced: int
     refused: int
-    stall_s: float             # host time the guest was held stopped to check and write them
-    prep_stall_s: float        # the stop before it that read the repository and the tasks
+    stall_s: float             # host time the guest was held stopped to check and write the points
+    prep_stall_s: float        # the first stop, that read the repository and the tasks
     wall_s: float              # host wall time of the splice_many call
     unsplice_stall_s: float    # the longest stop of the unsplice_all after (its rounds)
     unsplice_wall_s: float
+    stage_stall_s: float = 0.0  # the stop between them that wrote patches, buckets, records (nothing live)
 
 
 @dataclass
@@ -209,7 +212,7 @@ def measure_batch(instr: Instrumenter, fillers: Fillers, size: int, note: Progre
     undo_wall = time.monotonic() - started
     undo_stall = max((u.stall_s for u in undone), default=0.0)
     return BatchPoint(size, len(done.plans), len(done.refused), done.stall_s, done.prep_stall_s, wall,
-                      undo_stall, undo_wall)
+                      undo_stall, undo_wall, stage_stall_s=done.stage_stall_s)
 
 
 def derive(points: list[LivePoint]) -> None:
@@ -266,13 +269,14 @@ def live_table(result: ClockScale) -> Table:
 
 
 def batch_table(result: ClockScale) -> Table:
-    header = ["batch size", "spliced", "refused", "stop ms", "prep stop ms", "wall s", "unsplice_all stop ms",
-              "unsplice_all wall s"]
-    rows = [[b.size, b.spliced, b.refused, round(b.stall_s * 1000, 2), round(b.prep_stall_s * 1000, 2),
-             round(b.wall_s, 3), round(b.unsplice_stall_s * 1000, 2), round(b.unsplice_wall_s, 3)]
-            for b in result.scale.batches]
-    return Table(f"Guest stop time vs batch size ({result.clock.name}; host-timed): splice_many of B filler points "
-                 f"in one stop; goal 1000 points <= {GOAL_WALL_S} s wall and <= {GOAL_STOP_S * 1000:.0f} ms stop",
+    header = ["batch size", "spliced", "refused", "stop ms", "staging stop ms", "prep stop ms", "wall s",
+              "unsplice_all stop ms", "unsplice_all wall s"]
+    rows = [[b.size, b.spliced, b.refused, round(b.stall_s * 1000, 2), round(b.stage_stall_s * 1000, 2),
+             round(b.prep_stall_s * 1000, 2), round(b.wall_s, 3), round(b.unsplice_stall_s * 1000, 2),
+             round(b.unsplice_wall_s, 3)] for b in result.scale.batches]
+    return Table(f"Guest stop time vs batch size ({result.clock.name}; host-timed): splice_many of B filler points; "
+                 "stop = the stop that checks and writes the points, after a staging stop that wrote what no branch "
+                 f"leads to yet; goal 1000 points <= {GOAL_WALL_S} s wall and <= {GOAL_STOP_S * 1000:.0f} ms stop",
                  header, rows)
 
 
@@ -310,7 +314,9 @@ def scale_notes(result: ClockScale, live_asked: tuple[int, ...]) -> list[str]:
         wall_ok, stop_ok = b.wall_s <= GOAL_WALL_S, b.stall_s <= GOAL_STOP_S
         notes.append(f"Batch of {b.size} ({b.spliced} spliced): {b.wall_s:.2f} s wall "
                      f"({'met' if wall_ok else 'NOT met'}, goal <= {GOAL_WALL_S} s), stop {b.stall_s * 1000:.1f} ms "
-                     f"({'met' if stop_ok else 'NOT met'}, goal <= {GOAL_STOP_S * 1000:.0f} ms), prep stop "
+                     f"({'met' if stop_ok else 'NOT met'}, goal <= {GOAL_STOP_S * 1000:.0f} ms; the stop that "
+                     f"checks and writes the points), staging stop before it {b.stage_stall_s * 1000:.1f} ms "
+                     f"(patch areas, dispatch buckets, slot records: nothing a branch leads to yet), prep stop "
                      f"{b.prep_stall_s * 1000:.1f} ms.")
     if not big:
         notes.append("No batch of 1000 points measured: the stop-time goal was not judged.")
