@@ -5,10 +5,14 @@ state, checks that it is safe, and writes, with the guest stopped:
 
 * a **prep stop** reads the repository header, slot table, IDT and task list, then the guest
   runs again while the host plans;
-* the **splice stop** (the one timed as the guest's stall) re-checks everything the plan
-  rests on (expected bytes, the slot still free, no task inside the window), writes the
-  repository side and reads it back, then writes the instrumentation point last and reads it
-  back.  Nothing is written if any check fails.
+* a **staging stop** re-checks everything the plan rests on (function text, expected bytes, the
+  slot still free, no task inside the window or the patch area), journals the whole change and
+  writes what no branch leads to yet (patch area, springboards, dispatch bucket, slot record
+  and flag), read back; the journal stays open. Nothing is written if any check fails;
+* the **splice stop** (the one timed as the guest's stall) checks the busy rule again and the
+  bytes under the point against the journal, writes the gates and the instrumentation point
+  last, reads them back and closes the journal. A point found busy only here is retried, then
+  the staged writes are taken back.
 
 The guest memory is the record of what is spliced (the repository's slot table), so any
 later ``invoke`` reads it back; nothing about live splices is kept on the host.
@@ -392,9 +396,9 @@ class Instrumenter:
                             prep_stall_s=done.prep_stall_s, stage_stall_s=done.stage_stall_s)
 
     def splice_many(self, requests: Sequence[PointRequest], retries: int = 20, strict: bool = True) -> BatchResult:
-        """Plan every point, then apply them all in one guest stop, all or nothing (the kernel's
-        ``text_poke_bp_batch`` is the model): the repository side of every splice written and read
-        back first, then every point. ``strict``: the first refusal in planning ends the batch
+        """Plan every point, then apply them all, all or nothing (the kernel's ``text_poke_bp_batch``
+        is the model): the repository side of every splice written and read back in a staging stop,
+        then every point in one more stop. ``strict``: the first refusal in planning ends the batch
         (else refused points are listed in the result and the rest goes ahead)."""
         resolved = [(request, *self.resolve_point(request.function, request.offset, request.address))
                     for request in requests]
@@ -405,12 +409,13 @@ class Instrumenter:
         vectors: list[int] = []
         refused: list[tuple[PointRequest, SpliceRefused]] = []
         codes: dict[int, FunctionCode] = {}
+        active = list(live_records)  # and the records of the batch's plans so far
         for request, code, point in resolved:
             slot = self.layout.free_slot(used)
             own = self._free_own_vector(snap, exclude=set(vectors)) if request.own_vector else None
             try:
                 plan = self._plan(code, point, request.mode, request.policy, slot, request.patch_kind,
-                                  snap.header.vector, [*live_records, *(p.record for p in plans if p.record)],
+                                  snap.header.vector, active,
                                   springboards=request.springboards, call_target=request.call_target,
                                   own_vector=own)
             except SpliceRefused as refusal:
@@ -420,6 +425,8 @@ class Instrumenter:
                 continue
             used.add(slot)
             plans.append(plan)
+            if plan.record is not None:
+                active.append(plan.record)
             vectors.append(modes.select(request.mode, snap.header.vector, own).vector() or 0)  # jmp: none
             codes[code.start] = code
         if not plans:
