@@ -7,8 +7,9 @@ never leaks the process.  ``detach()`` hands a running guest over to a state fil
 (``invoke boot``); :meth:`QemuMachine.attach` takes it back (later tasks).
 
 Every endpoint is private: the serial console, the GDB stub and QMP are unix sockets
-in a 0700 run directory, and the NIC (an i82557b, driven by 2.4.20's eepro100)
-hangs off an empty QEMU hub, with no route to any network.
+in a 0700 run directory, and the two NICs (i82557b, driven by 2.4.20's eepro100)
+hang off one QEMU hub of their own, with no route to any network: a frame one
+sends reaches only the other (the workload's traffic through the driver).
 """
 from __future__ import annotations
 
@@ -90,7 +91,10 @@ class MachineConfig:
                 "-gdb", "chardev:gdb",
                 "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
                 "-netdev", "hubport,id=isolated,hubid=0",
-                "-device", "i82557b,netdev=isolated,romfile="]
+                "-device", "i82557b,netdev=isolated,romfile=",
+                # a second NIC on the same hub: the workload's frames go eth0 -> hub -> eth1
+                "-netdev", "hubport,id=isolated1,hubid=0",
+                "-device", "i82557b,netdev=isolated1,romfile="]
         if self.firmware:
             argv += ["-bios", self.firmware]
         return argv
