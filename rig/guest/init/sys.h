@@ -31,6 +31,95 @@ typedef unsigned char u8;
 #define NR_nanosleep 162
 #define NR_wait4    114
 #define NR_uname    122  /* newuname: struct new_utsname */
+/* more, for the workload (workload*.c) */
+#define NR_link        9
+#define NR_unlink     10
+#define NR_execve     11
+#define NR_chdir      12
+#define NR_chmod      15
+#define NR_lseek      19
+#define NR_umount     22
+#define NR_alarm      27
+#define NR_pause      29
+#define NR_access     33
+#define NR_nice       34
+#define NR_sync       36
+#define NR_kill       37
+#define NR_rename     38
+#define NR_rmdir      40
+#define NR_dup        41
+#define NR_pipe       42
+#define NR_times      43
+#define NR_brk        45
+#define NR_umount2    52
+#define NR_setpgid    57
+#define NR_umask      60
+#define NR_getppid    64
+#define NR_setsid     66
+#define NR_sigaction  67
+#define NR_sigsuspend 72
+#define NR_sigpending 73
+#define NR_gettimeofday 78
+#define NR_symlink    83
+#define NR_readlink   85
+#define NR_old_mmap   90  /* takes a pointer to struct mmap_args */
+#define NR_munmap     91
+#define NR_truncate   92
+#define NR_ftruncate  93
+#define NR_fchmod     94
+#define NR_getpriority 96
+#define NR_setpriority 97
+#define NR_statfs     99
+#define NR_fstatfs   100
+#define NR_setitimer 104
+#define NR_getitimer 105
+#define NR_stat      106
+#define NR_lstat     107
+#define NR_fstat     108
+#define NR_sysinfo   116
+#define NR_fsync     118
+#define NR_clone     120
+#define NR_mprotect  125
+#define NR_sigprocmask 126
+#define NR_getpgid   132
+#define NR_fchdir    133
+#define NR_llseek    140
+#define NR_getdents  141
+#define NR_newselect 142
+#define NR_flock     143
+#define NR_msync     144
+#define NR_readv     145
+#define NR_writev    146
+#define NR_getsid    147
+#define NR_fdatasync 148
+#define NR_mlock     150
+#define NR_munlock   151
+#define NR_sched_setparam 154
+#define NR_sched_getparam 155
+#define NR_sched_setscheduler 156
+#define NR_sched_getscheduler 157
+#define NR_sched_yield 158
+#define NR_sched_get_priority_max 159
+#define NR_sched_get_priority_min 160
+#define NR_sched_rr_get_interval 161
+#define NR_mremap    163
+#define NR_poll      168
+#define NR_rt_sigaction 174
+#define NR_rt_sigprocmask 175
+#define NR_rt_sigpending 176
+#define NR_rt_sigtimedwait 177
+#define NR_rt_sigqueueinfo 178
+#define NR_rt_sigsuspend 179
+#define NR_pread     180
+#define NR_pwrite    181
+#define NR_getcwd    183
+#define NR_sendfile  187
+#define NR_vfork     190
+#define NR_stat64    195
+#define NR_fcntl64   221
+#define NR_mincore   218
+#define NR_madvise   219
+#define NR_getdents64 220
 
 /* socketcall sub-calls (include/linux/net.h) */
 #define SYS_SOCKET       1
@@ -39,7 +128,17 @@ typedef unsigned char u8;
 #define SYS_LISTEN       4
 #define SYS_ACCEPT       5
 #define SYS_GETSOCKNAME  6
+#define SYS_GETPEERNAME  7
+#define SYS_SOCKETPAIR   8
+#define SYS_SEND         9
+#define SYS_RECV        10
+#define SYS_SENDTO      11
+#define SYS_RECVFROM    12
+#define SYS_SHUTDOWN    13
+#define SYS_SETSOCKOPT  14
 #define SYS_GETSOCKOPT  15
+#define SYS_SENDMSG     16
+#define SYS_RECVMSG     17
 
 #define O_RDWR      2
 #define O_NOCTTY    0400
@@ -57,6 +156,11 @@ typedef unsigned char u8;
 /* old 16-bit dev_t that 2.4's mknod(2) takes */
 #define MKDEV16(major, minor) (((major) << 8) | (minor))
 
+/* Every argument register is an in/out operand: 2.4's asmlinkage handlers take
+ * their arguments from the saved registers on the kernel stack and may change
+ * them as locals (sys_pwrite advances its `pos`), and those are the values
+ * restored on return.  Later kernels guard against this (asmlinkage_protect);
+ * 2.4 does not. */
 static inline long sys0(long nr)
 {
     long ret;
@@ -67,37 +171,36 @@ static inline long sys0(long nr)
 static inline long sys1(long nr, long a)
 {
     long ret;
-    __asm__ volatile("int $0x80" : "=a"(ret) : "0"(nr), "b"(a) : "memory");
+    __asm__ volatile("int $0x80" : "=a"(ret), "+b"(a) : "0"(nr) : "memory");
     return ret;
 }
 
 static inline long sys2(long nr, long a, long b)
 {
     long ret;
-    __asm__ volatile("int $0x80" : "=a"(ret) : "0"(nr), "b"(a), "c"(b) : "memory");
+    __asm__ volatile("int $0x80" : "=a"(ret), "+b"(a), "+c"(b) : "0"(nr) : "memory");
     return ret;
 }
 
 static inline long sys3(long nr, long a, long b, long c)
 {
     long ret;
-    __asm__ volatile("int $0x80" : "=a"(ret) : "0"(nr), "b"(a), "c"(b), "d"(c) : "memory");
+    __asm__ volatile("int $0x80" : "=a"(ret), "+b"(a), "+c"(b), "+d"(c) : "0"(nr) : "memory");
     return ret;
 }
 
 static inline long sys4(long nr, long a, long b, long c, long d)
 {
     long ret;
-    __asm__ volatile("int $0x80" : "=a"(ret) : "0"(nr), "b"(a), "c"(b), "d"(c), "S"(d)
-                     : "memory");
+    __asm__ volatile("int $0x80" : "=a"(ret), "+b"(a), "+c"(b), "+d"(c), "+S"(d) : "0"(nr) : "memory");
     return ret;
 }
 
 static inline long sys5(long nr, long a, long b, long c, long d, long e)
 {
     long ret;
-    __asm__ volatile("int $0x80" : "=a"(ret) : "0"(nr), "b"(a), "c"(b), "d"(c), "S"(d),
-                     "D"(e) : "memory");
+    __asm__ volatile("int $0x80" : "=a"(ret), "+b"(a), "+c"(b), "+d"(c), "+S"(d), "+D"(e) : "0"(nr)
+                     : "memory");
     return ret;
 }
 
