@@ -44,13 +44,16 @@ CFLAGS: tuple[str, ...] = (
     "-Wl,--build-id=none", "-Wl,-z,noseparate-code",
 )
 
-IMAGE_BLOCKS = 512  # 1 KiB blocks: well under 2.4's default 4 MiB ramdisk
-IMAGE_INODES = 64
+# 1 KiB blocks: room for the workload's files (a 300 kB one among them) and
+# well under the kernel's 4 MiB ramdisk (CONFIG_BLK_DEV_RAM_SIZE=4096)
+IMAGE_BLOCKS = 2048
+IMAGE_INODES = 256
 
 # genext2fs device table: name type mode uid gid major minor start inc count
 DEVICE_TABLE = """\
 /dev        d 755 0 0 -  - - - -
 /proc       d 555 0 0 -  - - - -
+/mnt        d 755 0 0 -  - - - -
 /dev/console c 600 0 0 5  1 - - -
 /dev/ttyS0  c 600 0 0 4 64 - - -
 /dev/null   c 666 0 0 1  3 - - -

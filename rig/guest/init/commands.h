@@ -39,6 +39,7 @@ int cmd_netenv(struct request *req);   /* misc.c */
 int cmd_bench(struct request *req);    /* bench.c */
 int cmd_user_int(struct request *req); /* user_int.c */
 int cmd_tcp_mss(struct request *req);  /* net.c */
+int cmd_workload(struct request *req); /* workload.c */
 int cmd_help(struct request *req);     /* init.c: needs the table */
 
 /* boot-time setup done by net.c */

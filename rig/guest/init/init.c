@@ -10,6 +10,7 @@
  * `err` reply or an @event line.
  */
 #include "commands.h"
+#include "workload.h"
 
 #define REQUEST_MAX_BYTES 512
 
@@ -20,6 +21,7 @@ static const struct command commands[] = {
     {"tcp-mss", cmd_tcp_mss, "tcp-mss"},
     {"user-int", cmd_user_int, "user-int V"},
     {"netenv", cmd_netenv, "netenv fer=<decimal>"},
+    {"workload", cmd_workload, "workload [part...]"},
     {"help", cmd_help, "help"},
 };
 #define COMMAND_COUNT (sizeof(commands) / sizeof(commands[0]))
@@ -235,9 +237,15 @@ static __attribute__((noreturn)) void serve_forever(void)
     }
 }
 
-void init_main(void)
+/* sp: the initial stack, argc then argv[] and envp[] (each 0-terminated) */
+void init_main(u32 *sp)
 {
     long ret;
+    int argc = (int)sp[0];
+    char **argv = (char **)(sp + 1);
+    /* /init exec'd again by the workload: a child program, never the protocol */
+    if (sys_getpid() != 1)
+        child_main(argc, argv, argv + argc + 1);
     open_console();
     ret = console_raw();
     if (ret < 0)
@@ -250,11 +258,14 @@ void init_main(void)
     serve_forever();
 }
 
-/* Entry from the kernel: no libc, no argc/argv needed.  Align the stack and
- * never return (there is nothing to return to). */
+/* Entry from the kernel: no libc.  Hand the initial stack pointer (argc,
+ * argv, envp) to init_main on a 16-byte aligned stack; never return. */
 __asm__(".globl _start\n"
         "_start:\n\t"
         "xorl %ebp, %ebp\n\t"
+        "movl %esp, %eax\n\t"
         "andl $-16, %esp\n\t"
+        "subl $12, %esp\n\t"
+        "pushl %eax\n\t"
         "call init_main\n"
         "1:\tjmp 1b\n");

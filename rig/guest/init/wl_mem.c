@@ -1,0 +1,242 @@
+/* workload part `memory`: anonymous and file mappings, page faults,
+ * copy-on-write across fork, mprotect, munmap, mremap, brk, mlock, madvise,
+ * mincore, and one short dip towards the low-memory watermarks (so the page
+ * allocator's slow paths, kswapd and the slab reaper run) that stops well before
+ * the OOM killer could act. */
+#include "workload.h"
+
+#define PAGE 4096u
+#define ANON_BYTES (4u << 20)
+#define COW_BYTES (8u << 20)
+#define MAP_FILE_PATH "/wlmap"
+#define MAP_FILE_BYTES (64u * 1024u)
+/* the dip stops when free memory falls below this (2.4's pages_low for the
+ * normal zone of a 64 MiB guest is ~0.7 MiB; the OOM killer needs ~1 s of
+ * failed reclaim) */
+#define DIP_FREE_FLOOR (1200u * 1024u)
+#define DIP_MAX_BYTES (56u << 20)
+#define DIP_STEP (256u * 1024u)
+
+static u32 page_word(u32 seed, u32 page)
+{
+    return (page + 1) * 2654435761u ^ seed;
+}
+
+static void *map_anon(u32 bytes)
+{
+    return sys_mmap(0, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+}
+
+/* one word per page, so every page is faulted in */
+static void stamp_pages(u8 *base, u32 bytes, u32 seed, u32 stride)
+{
+    u32 page;
+    for (page = 0; page < bytes / PAGE; page += stride)
+        *(u32 *)(base + page * PAGE + (page % 1000) * 4) = page_word(seed, page);
+}
+
+static u32 pages_matching(const u8 *base, u32 bytes, u32 seed, u32 stride)
+{
+    u32 page, good = 0;
+    for (page = 0; page < bytes / PAGE; page += stride)
+        good += *(const u32 *)(base + page * PAGE + (page % 1000) * 4) == page_word(seed, page);
+    return good;
+}
+
+static int anonymous(struct part *p)
+{
+    static u8 vec[ANON_BYTES / PAGE];
+    u8 *base = map_anon(ANON_BYTES), *moved;
+    CHECK(p, "anon-mmap", !mmap_failed(base), (long)base);
+    wl_mix(p, (u32)sys_mincore(base, ANON_BYTES, vec)); /* 2.4: -ENOMEM, anonymous */
+    stamp_pages(base, ANON_BYTES, 1, 1);
+    wl_mix(p, pages_matching(base, ANON_BYTES, 1, 1));
+    /* MADV_DONTNEED on private anonymous memory: those pages read back as zeros */
+    TRY(p, "madvise", sys_madvise(base, 64 * PAGE, MADV_DONTNEED));
+    wl_mix(p, pages_matching(base, 128 * PAGE, 1, 1)); /* 64 of 128 */
+    TRY(p, "mlock", sys_mlock(base + 256 * PAGE, 16 * PAGE));
+    TRY(p, "munlock", sys_munlock(base + 256 * PAGE, 16 * PAGE));
+    /* mremap: grow the third MiB to 2 MiB (the fourth is in the way: it moves); contents kept */
+    stamp_pages(base + (2u << 20), 1u << 20, 11, 1);
+    moved = (u8 *)sys_mremap(base + (2u << 20), 1u << 20, 2u << 20, MREMAP_MAYMOVE);
+    CHECK(p, "mremap", !mmap_failed(moved), (long)moved);
+    wl_mix(p, pages_matching(moved, 1u << 20, 11, 1));
+    stamp_pages(moved + (1u << 20), 1u << 20, 2, 1);
+    wl_mix(p, pages_matching(moved + (1u << 20), 1u << 20, 2, 1));
+    TRY(p, "munmap-moved", sys_munmap(moved, 2u << 20));
+    TRY(p, "munmap", sys_munmap(base, ANON_BYTES));
+    return 0;
+}
+
+struct cow_pipe {
+    u8 *base;
+    int fds[2];
+};
+
+static int cow_child(void *arg)
+{
+    struct cow_pipe *cow = arg;
+    u32 result[2];
+    result[0] = pages_matching(cow->base, COW_BYTES, 3, 1); /* the parent's data, shared */
+    stamp_pages(cow->base, COW_BYTES, 4, 2);                /* copies of every other page */
+    result[1] = pages_matching(cow->base, COW_BYTES, 4, 2);
+    return wl_write_full(cow->fds[1], result, sizeof(result)) == sizeof(result) ? 0 : 1;
+}
+
+static int copy_on_write(struct part *p)
+{
+    static struct cow_pipe cow;
+    u32 result[2];
+    int status = 0;
+    long pid;
+    cow.base = map_anon(COW_BYTES);
+    CHECK(p, "cow-mmap", !mmap_failed(cow.base), (long)cow.base);
+    stamp_pages(cow.base, COW_BYTES, 3, 1);
+    TRY(p, "cow-pipe", sys_pipe(cow.fds));
+    pid = TRY(p, "cow-fork", wl_spawn(cow_child, &cow));
+    CHECK(p, "cow-read", wl_read_full(cow.fds[0], result, sizeof(result)) == sizeof(result), 0);
+    TRY(p, "cow-wait", wl_wait((int)pid, &status));
+    wl_mix(p, result[0]);
+    wl_mix(p, result[1]);
+    wl_mix(p, (u32)wl_status_code(status));
+    wl_mix(p, pages_matching(cow.base, COW_BYTES, 3, 1)); /* untouched by the child */
+    /* the parent writes after the child is gone: pages are its own again */
+    stamp_pages(cow.base, COW_BYTES, 5, 3);
+    wl_mix(p, pages_matching(cow.base, COW_BYTES, 5, 3));
+    sys_close(cow.fds[0]);
+    sys_close(cow.fds[1]);
+    TRY(p, "cow-munmap", sys_munmap(cow.base, COW_BYTES));
+    return 0;
+}
+
+static int write_readonly(void *arg)
+{
+    *(volatile u32 *)arg = 1;
+    return 0;
+}
+
+static int protections(struct part *p)
+{
+    int status = 0;
+    long pid;
+    u8 *base = map_anon(16 * PAGE);
+    CHECK(p, "prot-mmap", !mmap_failed(base), (long)base);
+    stamp_pages(base, 16 * PAGE, 6, 1);
+    TRY(p, "mprotect-ro", sys_mprotect(base, 16 * PAGE, PROT_READ));
+    wl_mix(p, pages_matching(base, 16 * PAGE, 6, 1));
+    pid = TRY(p, "prot-fork", wl_spawn(write_readonly, base + 5 * PAGE));
+    TRY(p, "prot-wait", wl_wait((int)pid, &status));
+    wl_mix(p, (u32)wl_status_code(status)); /* SIGSEGV */
+    TRY(p, "mprotect-rw", sys_mprotect(base + 4 * PAGE, 4 * PAGE, PROT_READ | PROT_WRITE)); /* splits the vma */
+    stamp_pages(base + 4 * PAGE, 4 * PAGE, 7, 1);
+    /* a hole in the middle: touching it faults */
+    TRY(p, "munmap-middle", sys_munmap(base + 8 * PAGE, 2 * PAGE));
+    pid = TRY(p, "hole-fork", wl_spawn(write_readonly, base + 9 * PAGE));
+    TRY(p, "hole-wait", wl_wait((int)pid, &status));
+    wl_mix(p, (u32)wl_status_code(status));
+    TRY(p, "prot-munmap", sys_munmap(base, 16 * PAGE));
+    return 0;
+}
+
+static int file_mappings(struct part *p)
+{
+    long fd;
+    u8 *shared, *private_map;
+    u32 i, h;
+    sys_unlink(MAP_FILE_PATH);
+    fd = TRY(p, "map-create", sys_open(MAP_FILE_PATH, O_RDWR | O_CREAT | O_TRUNC, 0600));
+    wl_fill(wl_buffer, MAP_FILE_BYTES, 8, 0);
+    TRY(p, "map-write", wl_write_full((int)fd, wl_buffer, MAP_FILE_BYTES));
+    shared = sys_mmap(0, MAP_FILE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, (int)fd, 0);
+    CHECK(p, "map-shared", !mmap_failed(shared), (long)shared);
+    private_map = sys_mmap(0, MAP_FILE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE, (int)fd, 0);
+    CHECK(p, "map-private", !mmap_failed(private_map), (long)private_map);
+    wl_mix(p, wl_fnv32(shared, MAP_FILE_BYTES));
+    wl_mix(p, wl_fnv32(private_map + PAGE, PAGE));
+    {
+        static u8 vec[MAP_FILE_BYTES / PAGE];
+        u32 resident = 0;
+        TRY(p, "mincore", sys_mincore(shared, MAP_FILE_BYTES, vec));
+        for (i = 0; i < sizeof(vec); i++)
+            resident += vec[i] & 1;
+        wl_mix(p, resident); /* just written: all in the page cache */
+    }
+    for (i = 0; i < MAP_FILE_BYTES; i += 512)
+        private_map[i] ^= 0x5a; /* copies; the file stays as it was */
+    for (i = 0; i < MAP_FILE_BYTES; i += 1024)
+        shared[i] = (u8)(i >> 10); /* goes to the file */
+    TRY(p, "msync", sys_msync(shared, MAP_FILE_BYTES, MS_SYNC));
+    CHECK(p, "map-pread", sys_pread((int)fd, wl_buffer2, MAP_FILE_BYTES, 0) == (long)MAP_FILE_BYTES, 0);
+    wl_mix(p, wl_fnv32(wl_buffer2, MAP_FILE_BYTES));
+    wl_mix(p, wl_fnv32(private_map, MAP_FILE_BYTES));
+    /* a write() shows through the shared mapping (one page cache) */
+    TRY(p, "map-pwrite", sys_pwrite((int)fd, "mapped", 6, 2 * PAGE));
+    wl_mix_bytes(p, shared + 2 * PAGE, 6);
+    h = wl_fnv32(shared, MAP_FILE_BYTES);
+    wl_mix(p, h);
+    TRY(p, "map-munmap", sys_munmap(shared, MAP_FILE_BYTES));
+    TRY(p, "map-munmap2", sys_munmap(private_map, MAP_FILE_BYTES));
+    TRY(p, "map-truncate", sys_ftruncate((int)fd, PAGE));
+    sys_close((int)fd);
+    TRY(p, "map-unlink", sys_unlink(MAP_FILE_PATH));
+    return 0;
+}
+
+static int program_break(struct part *p)
+{
+    u32 start = (u32)sys_brk(0), end;
+    end = (u32)sys_brk(start + (1u << 20));
+    wl_mix(p, end - start);
+    CHECK(p, "brk-grow", end == start + (1u << 20), end - start);
+    stamp_pages((u8 *)((start + PAGE - 1) & ~(PAGE - 1)), (1u << 20) - PAGE, 9, 1);
+    wl_mix(p, pages_matching((u8 *)((start + PAGE - 1) & ~(PAGE - 1)), (1u << 20) - PAGE, 9, 1));
+    wl_mix(p, (u32)sys_brk(start) - start); /* back: 0 */
+    return 0;
+}
+
+struct sysinfo32 {
+    long uptime;
+    u32 loads[3];
+    u32 totalram, freeram, sharedram, bufferram, totalswap, freeswap;
+    u16 procs, pad;
+    u32 totalhigh, freehigh, mem_unit;
+    char reserved[8];
+};
+
+/* touch memory until free memory reaches the floor, then let it all go */
+static int dip(void *unused)
+{
+    struct sysinfo32 info;
+    u8 *base = map_anon(DIP_MAX_BYTES);
+    u32 used = 0;
+    (void)unused;
+    if (mmap_failed(base))
+        return 1;
+    while (used < DIP_MAX_BYTES) {
+        if (sys_sysinfo(&info) < 0)
+            return 2;
+        if (info.freeram * info.mem_unit < DIP_FREE_FLOOR)
+            break;
+        stamp_pages(base + used, DIP_STEP, 10, 1);
+        used += DIP_STEP;
+    }
+    sys_munmap(base, DIP_MAX_BYTES);
+    return 0;
+}
+
+int part_memory(struct part *p)
+{
+    int status = 0;
+    long pid, ret;
+    if (anonymous(p) || copy_on_write(p) || protections(p))
+        return -1;
+    TRY(p, "remount-rw", wl_root_writable(1));
+    ret = file_mappings(p);
+    TRY(p, "remount-ro", wl_root_writable(0));
+    if (ret || program_break(p))
+        return -1;
+    pid = TRY(p, "dip-fork", wl_spawn(dip, 0));
+    TRY(p, "dip-wait", wl_wait((int)pid, &status));
+    CHECK(p, "dip", status == 0, wl_status_code(status));
+    return 0;
+}

@@ -1,0 +1,236 @@
+/* workload part `sched`: priorities and policies (their values are fixed, so
+ * mixed in), many context switches through pipe wait queues, several sleepers
+ * on one queue, yield, CPU-bound children of different niceness that use up
+ * their time slices, short real-time bursts, timeouts. */
+#include "workload.h"
+
+#define SCHED_OTHER 0
+#define SCHED_FIFO 1
+#define SCHED_RR 2
+#define PRIO_PROCESS 0
+#define PRIO_PGRP 1
+#define SWITCH_ROUNDS 1000
+
+struct sched_param32 {
+    int priority;
+};
+
+static long set_scheduler(int pid, int policy, int priority)
+{
+    struct sched_param32 param;
+    param.priority = priority;
+    return sys3(NR_sched_setscheduler, pid, policy, (long)&param);
+}
+
+static int policies(struct part *p)
+{
+    struct sched_param32 param;
+    struct timespec32 slice;
+    int policy;
+    for (policy = 0; policy <= 2; policy++) {
+        wl_mix(p, (u32)sys1(NR_sched_get_priority_max, policy));
+        wl_mix(p, (u32)sys1(NR_sched_get_priority_min, policy));
+    }
+    wl_mix(p, (u32)sys1(NR_sched_get_priority_max, 7)); /* -EINVAL */
+    wl_mix(p, (u32)sys1(NR_sched_getscheduler, 0));
+    TRY(p, "fifo", set_scheduler(0, SCHED_FIFO, 10));
+    wl_mix(p, (u32)sys1(NR_sched_getscheduler, 0));
+    TRY(p, "getparam", sys2(NR_sched_getparam, 0, (long)&param));
+    wl_mix(p, (u32)param.priority);
+    TRY(p, "rr-interval-fifo", sys2(NR_sched_rr_get_interval, 0, (long)&slice));
+    wl_mix(p, (u32)(slice.tv_sec * 1000 + slice.tv_nsec / 1000000));
+    TRY(p, "yield-fifo", sys_sched_yield());
+    TRY(p, "rr", set_scheduler(0, SCHED_RR, 5));
+    param.priority = 7;
+    TRY(p, "setparam", sys2(NR_sched_setparam, 0, (long)&param));
+    TRY(p, "getparam-rr", sys2(NR_sched_getparam, 0, (long)&param));
+    wl_mix(p, (u32)param.priority);
+    TRY(p, "rr-interval", sys2(NR_sched_rr_get_interval, 0, (long)&slice));
+    wl_mix(p, (u32)(slice.tv_sec * 1000 + slice.tv_nsec / 1000000));
+    TRY(p, "yield-rr", sys_sched_yield());
+    TRY(p, "other", set_scheduler(0, SCHED_OTHER, 0));
+    wl_mix(p, (u32)sys1(NR_sched_getscheduler, 0));
+    wl_mix(p, (u32)set_scheduler(0, SCHED_FIFO, 200)); /* -EINVAL */
+    /* niceness: getpriority answers 20 - nice */
+    wl_mix(p, (u32)sys2(NR_getpriority, PRIO_PROCESS, 0));
+    TRY(p, "setpriority", sys3(NR_setpriority, PRIO_PROCESS, 0, 5));
+    wl_mix(p, (u32)sys2(NR_getpriority, PRIO_PROCESS, 0));
+    TRY(p, "nice", sys1(NR_nice, 3));
+    wl_mix(p, (u32)sys2(NR_getpriority, PRIO_PROCESS, 0));
+    wl_mix(p, (u32)sys2(NR_getpriority, PRIO_PGRP, 0));
+    TRY(p, "nice-back", sys3(NR_setpriority, PRIO_PROCESS, 0, 0));
+    wl_mix(p, (u32)sys2(NR_getpriority, PRIO_PROCESS, 0));
+    return 0;
+}
+
+struct two_pipes {
+    int there[2];
+    int back[2];
+};
+
+static int bouncer(void *arg)
+{
+    struct two_pipes *tp = arg;
+    u8 byte;
+    sys_close(tp->there[1]);
+    sys_close(tp->back[0]);
+    while (wl_read_full(tp->there[0], &byte, 1) == 1) {
+        byte = (u8)(byte * 7 + 1);
+        if (wl_write_full(tp->back[1], &byte, 1) != 1)
+            return 1;
+    }
+    return 0;
+}
+
+/* one byte there and back, many times: two context switches per round */
+static int switches(struct part *p)
+{
+    static struct two_pipes tp;
+    u32 round, h = 0;
+    int status = 0;
+    u8 byte;
+    long pid;
+    TRY(p, "sw-pipe", sys_pipe(tp.there));
+    TRY(p, "sw-pipe", sys_pipe(tp.back));
+    pid = TRY(p, "sw-fork", wl_spawn(bouncer, &tp));
+    sys_close(tp.there[0]);
+    sys_close(tp.back[1]);
+    for (round = 0; round < SWITCH_ROUNDS; round++) {
+        byte = (u8)round;
+        TRY(p, "sw-write", wl_write_full(tp.there[1], &byte, 1));
+        CHECK(p, "sw-read", wl_read_full(tp.back[0], &byte, 1) == 1, round);
+        h = h * 33 + byte;
+    }
+    sys_close(tp.there[1]);
+    TRY(p, "sw-wait", wl_wait((int)pid, &status));
+    sys_close(tp.back[0]);
+    wl_mix(p, h);
+    wl_mix(p, (u32)wl_status_code(status));
+    return 0;
+}
+
+/* several readers asleep on one pipe; each takes one byte */
+static int one_byte_reader(void *arg)
+{
+    u8 byte;
+    return wl_read_full(*(int *)arg, &byte, 1) == 1 ? byte : 255;
+}
+
+static int herd(struct part *p)
+{
+    int fds[2], i, status = 0;
+    u32 sum = 0;
+    long pids[4];
+    TRY(p, "herd-pipe", sys_pipe(fds));
+    for (i = 0; i < 4; i++)
+        pids[i] = TRY(p, "herd-fork", wl_spawn(one_byte_reader, &fds[0]));
+    wl_sleep_ms(5); /* let them block (the result does not depend on it) */
+    for (i = 0; i < 4; i++) {
+        u8 byte = (u8)(10 + i);
+        TRY(p, "herd-write", wl_write_full(fds[1], &byte, 1));
+        sys_sched_yield();
+    }
+    for (i = 0; i < 4; i++) {
+        TRY(p, "herd-wait", wl_wait((int)pids[i], &status));
+        sum += (u32)wl_status_code(status);
+    }
+    sys_close(fds[0]);
+    sys_close(fds[1]);
+    wl_mix(p, sum); /* 10+11+12+13 in whatever order they woke */
+    return 0;
+}
+
+/* CPU-bound: burn iterations, yielding now and then; niceness from arg */
+static int burner(void *arg)
+{
+    long nice_value = (long)arg;
+    volatile u32 sink = 0;
+    u32 i;
+    sys3(NR_setpriority, PRIO_PROCESS, 0, nice_value);
+    for (i = 0; i < 3000000; i++) {
+        sink += i;
+        if (i % 500000 == 0)
+            sys_sched_yield();
+    }
+    return (int)(20 - nice_value);
+}
+
+static int realtime_burst(void *arg)
+{
+    volatile u32 sink = 0;
+    u32 i;
+    if (set_scheduler(0, (int)(long)arg, 20) < 0)
+        return 99;
+    for (i = 0; i < 400000; i++) {
+        sink += i;
+        if (i % 100000 == 0)
+            sys_sched_yield(); /* RR/FIFO yield: to the end of its priority's queue */
+    }
+    return (int)sys1(NR_sched_getscheduler, 0);
+}
+
+static int cpu_bound(struct part *p)
+{
+    static const long nices[] = {0, 10, 19, -5};
+    static char *spin[] = {"/init", "spin", "2", 0};
+    long pids[6], pid;
+    u32 sum = 0, i;
+    int status = 0;
+    for (i = 0; i < 4; i++)
+        pids[i] = TRY(p, "burn-fork", wl_spawn(burner, (void *)nices[i]));
+    pids[4] = TRY(p, "spin-exec", wl_spawn_init(spin, -1, -1));
+    /* another's policy, set from outside */
+    pids[5] = TRY(p, "other-fork", wl_spawn(burner, (void *)5));
+    wl_mix(p, (u32)set_scheduler((int)pids[5], SCHED_OTHER, 0));
+    for (i = 0; i < 6; i++) {
+        TRY(p, "burn-wait", wl_wait((int)pids[i], &status));
+        sum += (u32)wl_status_code(status) << (i * 5);
+    }
+    wl_mix(p, sum);
+    for (i = 1; i <= 2; i++) {
+        pid = TRY(p, "rt-fork", wl_spawn(realtime_burst, (void *)(long)i));
+        TRY(p, "rt-wait", wl_wait((int)pid, &status));
+        wl_mix(p, (u32)wl_status_code(status));
+    }
+    return 0;
+}
+
+static int waker(void *arg)
+{
+    wl_sleep_ms(3);
+    return wl_write_full(*(int *)arg, "w", 1) == 1 ? 0 : 1;
+}
+
+/* sleeping with timeouts, and being woken from a sleep by another process */
+static int timeouts(struct part *p)
+{
+    struct timeval32 tv;
+    int fds[2], i, status = 0;
+    u32 fd_bits;
+    long pid;
+    for (i = 0; i < 5; i++) {
+        tv.tv_sec = 0;
+        tv.tv_usec = 2000;
+        wl_mix(p, (u32)sys_select(0, 0, 0, 0, &tv));
+    }
+    TRY(p, "wake-pipe", sys_pipe(fds));
+    pid = TRY(p, "wake-fork", wl_spawn(waker, &fds[1]));
+    fd_bits = 1u << fds[0];
+    tv.tv_sec = 5;
+    tv.tv_usec = 0;
+    wl_mix(p, (u32)sys_select(fds[0] + 1, &fd_bits, 0, 0, &tv)); /* woken before the timeout */
+    TRY(p, "wake-wait", wl_wait((int)pid, &status));
+    wl_mix(p, (u32)wl_status_code(status));
+    sys_close(fds[0]);
+    sys_close(fds[1]);
+    for (i = 0; i < 50; i++)
+        sys_sched_yield();
+    return 0;
+}
+
+int part_sched(struct part *p)
+{
+    if (policies(p) || switches(p) || herd(p) || cpu_bound(p) || timeouts(p))
+        return -1;
+    return 0;
+}
