@@ -16,6 +16,7 @@
 #define DIP_FREE_FLOOR (1200u * 1024u)
 #define DIP_MAX_BYTES (56u << 20)
 #define DIP_STEP (256u * 1024u)
+#define DIP_CHUNK (1u << 20)
 
 static u32 page_word(u32 seed, u32 page)
 {
@@ -203,24 +204,30 @@ struct sysinfo32 {
     char reserved[8];
 };
 
-/* touch memory until free memory reaches the floor, then let it all go */
+/* touch memory until free memory reaches the floor, then let it all go; mapped
+ * a chunk at a time, as 2.4's overcommit check allows (a refused chunk ends it) */
 static int dip(void *unused)
 {
+    static u8 *chunks[DIP_MAX_BYTES / DIP_CHUNK];
     struct sysinfo32 info;
-    u8 *base = map_anon(DIP_MAX_BYTES);
-    u32 used = 0;
+    u32 used = 0, count = 0, i;
     (void)unused;
-    if (mmap_failed(base))
-        return 1;
     while (used < DIP_MAX_BYTES) {
         if (sys_sysinfo(&info) < 0)
             return 2;
         if (info.freeram * info.mem_unit < DIP_FREE_FLOOR)
             break;
-        stamp_pages(base + used, DIP_STEP, 10, 1);
+        if (used % DIP_CHUNK == 0) {
+            chunks[count] = map_anon(DIP_CHUNK);
+            if (mmap_failed(chunks[count]))
+                break;
+            count++;
+        }
+        stamp_pages(chunks[count - 1] + used % DIP_CHUNK, DIP_STEP, 10, 1);
         used += DIP_STEP;
     }
-    sys_munmap(base, DIP_MAX_BYTES);
+    for (i = 0; i < count; i++)
+        sys_munmap(chunks[i], DIP_CHUNK);
     return 0;
 }
 
