@@ -16,6 +16,11 @@ the next command finds it and finishes the job in one direction:
 * neither: something else changed those bytes; nothing is written and the journal stays open
   (the user is told to reboot the guest).
 
+A splice is journaled in its staging stop, with the writes no branch leads to yet (patch area,
+dispatch bucket, slot record), and the journal stays open while the guest runs on until the next
+stop writes the points and marks it idle: a rig that dies in between leaves it open with the
+commit write not landed, and the next command rolls the splice back.
+
 The journal lives in the repository region (:data:`JOURNAL_OFFSET`), which the kernel never
 uses. Only the host reads it, so the payload is zlib-compressed packed records; a header with a CRC
 makes a torn journal write (the payload written, the header not) read as "nothing to repair":
