@@ -57,6 +57,8 @@ DEVICE_TABLE = """\
 /dev/console c 600 0 0 5  1 - - -
 /dev/ttyS0  c 600 0 0 4 64 - - -
 /dev/null   c 666 0 0 1  3 - - -
+/dev/ptmx   c 666 0 0 5  2 - - -
+/dev/pts    d 755 0 0 -  - - - -
 """
 
 

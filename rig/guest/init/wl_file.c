@@ -283,6 +283,64 @@ static int descriptors(struct part *p, const struct fs_paths *fp)
     return 0;
 }
 
+struct lock_handoff {
+    int fd;
+    int ready[2];
+};
+
+#define F_SETLKW 7
+
+struct flock32 {
+    short type, whence;
+    long start, len;
+    int pid;
+};
+
+/* waits (F_SETLKW) for the lock the parent holds, then reports */
+static int lock_waiter(void *arg)
+{
+    struct lock_handoff *h = arg;
+    struct flock32 lock;
+    memset(&lock, 0, sizeof(lock));
+    lock.type = F_WRLCK;
+    lock.len = 10;
+    if (wl_write_full(h->ready[1], "r", 1) != 1)
+        return 1;
+    if (sys_fcntl(h->fd, F_SETLKW, (long)&lock) < 0)
+        return 2;
+    lock.type = F_UNLCK;
+    sys_fcntl(h->fd, F_SETLK, (long)&lock);
+    return 30;
+}
+
+/* a waiter blocked on a POSIX lock is woken when the holder unlocks (2.4 yields to it) */
+static int blocked_lock(struct part *p, const struct fs_paths *fp)
+{
+    static struct lock_handoff h;
+    struct flock32 lock;
+    int status = 0;
+    u8 byte;
+    long pid;
+    h.fd = (int)TRY(p, "bl-create", sys_open(fp->other, O_RDWR | O_CREAT | O_TRUNC, 0600));
+    TRY(p, "bl-pipe", sys_pipe(h.ready));
+    memset(&lock, 0, sizeof(lock));
+    lock.type = F_WRLCK;
+    lock.len = 10;
+    TRY(p, "bl-lock", sys_fcntl(h.fd, F_SETLK, (long)&lock));
+    pid = TRY(p, "bl-fork", wl_spawn(lock_waiter, &h));
+    CHECK(p, "bl-ready", wl_read_full(h.ready[0], &byte, 1) == 1, 0);
+    wl_sleep_ms(5); /* let it block; it gets the lock either way */
+    lock.type = F_UNLCK;
+    TRY(p, "bl-unlock", sys_fcntl(h.fd, F_SETLK, (long)&lock));
+    TRY(p, "bl-wait", wl_wait((int)pid, &status));
+    wl_mix(p, (u32)wl_status_code(status));
+    sys_close(h.fd);
+    sys_close(h.ready[0]);
+    sys_close(h.ready[1]);
+    TRY(p, "bl-unlink", sys_unlink(fp->other));
+    return 0;
+}
+
 /* many small files: dentries and inodes made and dropped (slab) */
 static int many_files(struct part *p, const struct fs_paths *fp)
 {
@@ -390,7 +448,7 @@ static int walk(struct part *p, const char *root, u32 big)
     wl_mix_bytes(p, cwd, (u32)n);
     TRY(p, "chdir-back", sys_chdir("/"));
     if (files_of_sizes(p, &fp, big) || names_and_links(p, &fp) || descriptors(p, &fp)
-        || many_files(p, &fp) || fifo(p, &fp))
+        || blocked_lock(p, &fp) || many_files(p, &fp) || fifo(p, &fp))
         return -1;
     TRY(p, "rmdir-sub", sys_rmdir(fp.sub));
     TRY(p, "rmdir", sys_rmdir(fp.dir));
@@ -410,6 +468,58 @@ static int proc_files(struct part *p)
     return 0;
 }
 
+#define TIOCGPTN 0x80045430
+#define TIOCSPTLCK 0x40045431
+
+/* a Unix98 pty: lines written to the master come out of the slave (n_tty), and back */
+static int pty(struct part *p)
+{
+    static char slave_path[32] = "/dev/pts/";
+    struct kernel_termios t;
+    u32 number = 0, unlock = 0, len;
+    long master, slave, n;
+    char buf[64];
+    TRY(p, "mount-devpts", sys_mount("devpts", "/dev/pts", "devpts", 0, 0));
+    master = sys_open("/dev/ptmx", O_RDWR | O_NOCTTY, 0);
+    if (master < 0) {
+        sys_umount("/dev/pts");
+        return wl_fail(p, "ptmx", master);
+    }
+    TRY(p, "ptn", sys_ioctl((int)master, TIOCGPTN, &number));
+    TRY(p, "unlockpt", sys_ioctl((int)master, TIOCSPTLCK, &unlock));
+    len = 9; /* after "/dev/pts/": the pty's number (not hashed) */
+    {
+        char digits[12];
+        u32 i = 0, v = number;
+        do {
+            digits[i++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        while (i)
+            slave_path[len++] = digits[--i];
+        slave_path[len] = '\0';
+    }
+    slave = sys_open(slave_path, O_RDWR | O_NOCTTY, 0);
+    if (slave < 0) {
+        sys_close((int)master);
+        sys_umount("/dev/pts");
+        return wl_fail(p, "pty-slave", slave);
+    }
+    TRY(p, "pty-tcgets", sys_ioctl((int)slave, TCGETS, &t));
+    t.c_lflag &= ~(u32)ECHO; /* canonical, no echo */
+    TRY(p, "pty-tcsets", sys_ioctl((int)slave, TCSETS, &t));
+    TRY(p, "pty-write", wl_write_full((int)master, "through a pty\n", 14));
+    n = TRY(p, "pty-read", sys_read((int)slave, buf, sizeof(buf))); /* one line */
+    wl_mix_bytes(p, buf, (u32)n);
+    TRY(p, "pty-answer", wl_write_full((int)slave, "back\n", 5));
+    n = TRY(p, "pty-read-master", sys_read((int)master, buf, sizeof(buf)));
+    wl_mix_bytes(p, buf, (u32)n); /* "back\r\n": onlcr */
+    sys_close((int)slave);
+    sys_close((int)master);
+    TRY(p, "umount-devpts", sys_umount("/dev/pts"));
+    return 0;
+}
+
 int part_file(struct part *p)
 {
     long ret;
@@ -426,5 +536,5 @@ int part_file(struct part *p)
     TRY(p, "umount-ramfs", sys_umount(RAMFS_MOUNT));
     if (ret)
         return -1;
-    return proc_files(p);
+    return pty(p) || proc_files(p) ? -1 : 0;
 }

@@ -7,7 +7,9 @@
  * checksums and the set of frames delivered reach the hash, never how many
  * tries it took.  Also: promiscuous and multicast filters (set_rx_mode), MII
  * and ethtool ioctls, MTU, ifdown/ifup (speedo_close/speedo_open),
- * /proc/net/dev (get_stats).  Both interfaces end down, as they started.
+ * /proc/net/dev (get_stats).  Both interfaces end up (so the driver's 2 s
+ * media timer runs from then on) with no extra flags: a later run starts from
+ * the same state as any run after the first.
  */
 #include "workload.h"
 
@@ -32,6 +34,7 @@
 #define SIOCGMIIPHY 0x8947
 #define SIOCGMIIREG 0x8948
 #define SIOCSMIIREG 0x8949
+#define SIOCDEVPRIVATE 0x89f0
 #define IFF_BROADCAST 0x2
 #define IFF_PROMISC 0x100
 #define IFF_ALLMULTI 0x200
@@ -331,6 +334,19 @@ static int filters(struct part *p, struct nic *a, struct nic *b)
     PROBE(groups[3]);
     for (i = 0; i < 6; i++)
         TRY(p, "delmulti", multicast(b->name, SIOCDELMULTI, groups[i]));
+    /* more groups than the driver's filter limit (64): it takes all multicast then */
+    {
+        u8 group[6] = {0x01, 0x00, 0x5e, 0x40, 0x00, 0x00};
+        for (i = 0; i < 70; i++) {
+            group[5] = (u8)i;
+            TRY(p, "addmulti-many", multicast(b->name, SIOCADDMULTI, group));
+        }
+        PROBE(groups[2]);
+        for (i = 0; i < 70; i++) {
+            group[5] = (u8)i;
+            TRY(p, "delmulti-many", multicast(b->name, SIOCDELMULTI, group));
+        }
+    }
     wl_mix(p, (u32)multicast(b->name, SIOCDELMULTI, groups[0])); /* -ENOENT: gone */
     /* the same through the packet socket's memberships */
     TRY(p, "mr-promisc", membership(b, PACKET_ADD_MEMBERSHIP, PACKET_MR_PROMISC, 0));
@@ -354,6 +370,33 @@ static int ethtool(const char *name, void *data)
     memset(&ifr, 0, sizeof(ifr));
     ifr.u.data = data;
     return (int)nic_ioctl(name, SIOCETHTOOL, &ifr);
+}
+
+/* each ethtool command with a buffer the kernel cannot write (read-only page) or
+ * read whole (it runs into an unmapped page): -EFAULT from each copy */
+static int ethtool_faults(struct part *p, struct nic *n)
+{
+    static const u32 reads[] = {ETHTOOL_GDRVINFO, ETHTOOL_GSET, ETHTOOL_GLINK, ETHTOOL_GMSGLVL};
+    static const u32 writes[] = {ETHTOOL_SSET, ETHTOOL_SMSGLVL};
+    u8 *pages = sys_mmap(0, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    u32 i, *last;
+    CHECK(p, "ef-mmap", !mmap_failed(pages), (long)pages);
+    wl_mix(p, (u32)ethtool(n->name, 0)); /* not even the command can be read */
+    for (i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
+        TRY(p, "ef-rw", sys_mprotect(pages, 4096, PROT_READ | PROT_WRITE));
+        *(u32 *)pages = reads[i];
+        TRY(p, "ef-ro", sys_mprotect(pages, 4096, PROT_READ));
+        wl_mix(p, (u32)ethtool(n->name, pages));
+    }
+    TRY(p, "ef-rw2", sys_mprotect(pages, 4096, PROT_READ | PROT_WRITE));
+    TRY(p, "ef-unmap", sys_munmap(pages + 4096, 4096));
+    last = (u32 *)(pages + 4096 - 4); /* the command fits, the rest of the struct does not */
+    for (i = 0; i < sizeof(writes) / sizeof(writes[0]); i++) {
+        *last = writes[i];
+        wl_mix(p, (u32)ethtool(n->name, last));
+    }
+    TRY(p, "ef-munmap", sys_munmap(pages, 4096));
+    return 0;
 }
 
 static int device_ioctls(struct part *p, struct nic *n)
@@ -385,6 +428,8 @@ static int device_ioctls(struct part *p, struct nic *n)
     wl_mix(p, (u32)ethtool(n->name, value));
     value[0] = 0x7777; /* unknown: -EOPNOTSUPP */
     wl_mix(p, (u32)ethtool(n->name, value));
+    if (ethtool_faults(p, n))
+        return -1;
 
     memset(&ifr, 0, sizeof(ifr));
     TRY(p, "miiphy", nic_ioctl(n->name, SIOCGMIIPHY, &ifr));
@@ -403,6 +448,18 @@ static int device_ioctls(struct part *p, struct nic *n)
     TRY(p, "miireg4", nic_ioctl(n->name, SIOCGMIIREG, &ifr));
     ifr.u.mii.val_in = ifr.u.mii.val_out;
     TRY(p, "smiireg", nic_ioctl(n->name, SIOCSMIIREG, &ifr));
+
+    /* the old private numbers for the same MII calls; one past them is refused */
+    memset(&ifr, 0, sizeof(ifr));
+    TRY(p, "devprivate", nic_ioctl(n->name, SIOCDEVPRIVATE, &ifr));
+    ifr.u.mii.reg_num = 2;
+    TRY(p, "devprivate1", nic_ioctl(n->name, SIOCDEVPRIVATE + 1, &ifr));
+    wl_mix(p, ifr.u.mii.val_out);
+    ifr.u.mii.reg_num = 4;
+    TRY(p, "devprivate1-4", nic_ioctl(n->name, SIOCDEVPRIVATE + 1, &ifr));
+    ifr.u.mii.val_in = ifr.u.mii.val_out;
+    TRY(p, "devprivate2", nic_ioctl(n->name, SIOCDEVPRIVATE + 2, &ifr));
+    wl_mix(p, (u32)nic_ioctl(n->name, SIOCDEVPRIVATE + 3, &ifr));
 
     memset(&ifr, 0, sizeof(ifr));
     TRY(p, "txqlen", nic_ioctl(n->name, SIOCGIFTXQLEN, &ifr));
@@ -450,6 +507,8 @@ int part_nic(struct part *p)
     close_nic(&b);
     TRY(p, "ifdown", set_flags(b.name, 0, IFF_UP));
     wl_mix(p, (u32)set_flags(b.name, 0, IFF_UP)); /* already down: 0 */
+    ret = wl_read_file("/proc/net/dev", (char *)wl_buffer, WL_BUFFER_BYTES); /* stats of a closed device */
+    wl_mix(p, ret > 0);
     if (open_nic(p, &b) || traffic(p, &a, &b, 24, WINDOW, 2000))
         goto down;
     ret = wl_read_file("/proc/net/dev", (char *)wl_buffer, WL_BUFFER_BYTES);
@@ -457,8 +516,10 @@ int part_nic(struct part *p)
 down:
     close_nic(&a);
     close_nic(&b);
-    set_flags("eth0", 0, IFF_UP | IFF_PROMISC | IFF_ALLMULTI);
-    set_flags("eth1", 0, IFF_UP | IFF_PROMISC | IFF_ALLMULTI);
+    /* both stay up: the driver's media timer (speedo_timer, every 2 s) runs
+     * between and during later runs; the next run finds them as this one left them */
+    set_flags("eth0", IFF_UP, IFF_PROMISC | IFF_ALLMULTI);
+    set_flags("eth1", IFF_UP, IFF_PROMISC | IFF_ALLMULTI);
     sys_close((int)control_fd);
     return p->failed ? -1 : 0;
 }

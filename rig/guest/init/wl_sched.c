@@ -228,9 +228,45 @@ static int timeouts(struct part *p)
     return 0;
 }
 
+/* the error paths: no such pid, a negative one, bad pointers, bad policies and priorities */
+static int refusals(struct part *p)
+{
+    struct sched_param32 param;
+    struct timespec32 slice;
+    const long nobody = 99999, bad_pointer = 16; /* above 2.4's PID_MAX: never a process */
+    int pid;
+    wl_mix(p, (u32)sys2(NR_sched_getparam, -1, (long)&param));
+    wl_mix(p, (u32)sys2(NR_sched_getparam, nobody, (long)&param));
+    wl_mix(p, (u32)sys2(NR_sched_getparam, 0, bad_pointer));
+    wl_mix(p, (u32)sys1(NR_sched_getscheduler, -1));
+    wl_mix(p, (u32)sys1(NR_sched_getscheduler, nobody));
+    wl_mix(p, (u32)sys2(NR_sched_rr_get_interval, -1, (long)&slice));
+    wl_mix(p, (u32)sys2(NR_sched_rr_get_interval, nobody, (long)&slice));
+    wl_mix(p, (u32)sys2(NR_sched_rr_get_interval, 0, bad_pointer));
+    wl_mix(p, (u32)set_scheduler(-1, SCHED_OTHER, 0));
+    wl_mix(p, (u32)set_scheduler((int)nobody, SCHED_OTHER, 0));
+    wl_mix(p, (u32)set_scheduler(0, 7, 0));
+    wl_mix(p, (u32)set_scheduler(0, SCHED_OTHER, 5));
+    wl_mix(p, (u32)set_scheduler(0, SCHED_RR, 0));
+    wl_mix(p, (u32)sys3(NR_sched_setscheduler, 0, SCHED_FIFO, bad_pointer));
+    param.priority = 0;
+    wl_mix(p, (u32)sys2(NR_sched_setparam, 0, (long)&param)); /* policy kept: SCHED_OTHER */
+    param.priority = 3;
+    wl_mix(p, (u32)sys2(NR_sched_setparam, 0, (long)&param)); /* -EINVAL for SCHED_OTHER */
+    for (pid = 0; pid < 3; pid++)
+        wl_mix(p, (u32)sys1(NR_sched_get_priority_max, -1 - pid));
+    /* nice clamps to -20..19 */
+    TRY(p, "nice-up", sys1(NR_nice, 50));
+    wl_mix(p, (u32)sys2(NR_getpriority, PRIO_PROCESS, 0));
+    TRY(p, "nice-down", sys1(NR_nice, -60));
+    wl_mix(p, (u32)sys2(NR_getpriority, PRIO_PROCESS, 0));
+    TRY(p, "nice-reset", sys3(NR_setpriority, PRIO_PROCESS, 0, 0));
+    return 0;
+}
+
 int part_sched(struct part *p)
 {
-    if (policies(p) || switches(p) || herd(p) || cpu_bound(p) || timeouts(p))
+    if (policies(p) || refusals(p) || switches(p) || herd(p) || cpu_bound(p) || timeouts(p))
         return -1;
     return 0;
 }

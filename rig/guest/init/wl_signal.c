@@ -223,6 +223,11 @@ static int queued(struct part *p)
         wl_mix(p, (u32)(long)now.handler);
     }
     wl_mix(p, reset_count);
+    /* the masks as /proc shows them: blocked, ignored and caught signals (not hashed) */
+    TRY(p, "q-ignore", wl_handle(SIGINT, (void *)SIG_IGN, 0));
+    TRY(p, "q-block-status", sys_rt_sigprocmask(SIG_BLOCK, &set, 0));
+    wl_mix(p, wl_read_file("/proc/self/status", (char *)wl_buffer, WL_BUFFER_BYTES) > 0);
+    TRY(p, "q-unblock-status", sys_rt_sigprocmask(SIG_UNBLOCK, &set, 0));
     return 0;
 }
 
