@@ -19,14 +19,17 @@ What each part drives (rig/guest/init/wl_*.c):
   ITIMER_REAL/VIRTUAL/PROF, alarm, nanosleep, SIGSTOP/SIGCONT.
 * ``file``: ext2 (the initrd, remounted rw for the part) and a ramfs mounted at /mnt: files of
   many sizes (write, writev, pwrite, read, readv, pread, lseek, _llseek), sendfile, truncate,
-  holes, fsync, link, rename, symlink, chmod, getdents, FIFOs, locks, dup, 120 small files and
-  negative dentries; then /proc (slabinfo among them: read, never hashed).
+  holes, fsync, link, rename, symlink, chmod, getdents, FIFOs, locks (a waiter blocked on a POSIX
+  lock), dup, 120 small files and negative dentries; a Unix98 pty on a devpts mount; then /proc
+  (slabinfo among them: read, never hashed).
 * ``memory``: anonymous mmap and page faults, MADV_DONTNEED, mlock, mremap, copy-on-write across
   fork of an 8 MiB process, mprotect and SIGSEGV, munmap holes, MAP_SHARED/MAP_PRIVATE file
-  mappings with msync and mincore, brk, and one short dip of free memory towards the watermarks
-  (kswapd, reclaim, the slab reaper) that ends long before the OOM killer could act.
+  mappings with msync and mincore, brk, and one short dip of free memory below the watermarks:
+  real-time at first, so the dip itself reclaims in the page allocator's slow path
+  (balance_classzone), then with kswapd and the slab reaper; a clean 1 MiB file in the page cache
+  is there to reclaim and the dip ends while most of it is gone, so the OOM killer never acts.
 * ``sched``: priorities and policies (SCHED_FIFO/RR briefly, then SCHED_OTHER), getpriority,
-  nice, rr interval, 1000 pipe round trips, sleepers on one wait queue, CPU-bound children of
+  nice, rr interval, the sched_* calls' error paths, 1000 pipe round trips, sleepers on one wait queue, CPU-bound children of
   different niceness, real-time bursts with yield, select timeouts.
 * ``tcp``: 2 MiB each way over loopback with checksums, socket options, shutdown, peek, ten short
   connections (TIME_WAIT), an abortive close, a refused connect.
@@ -35,8 +38,10 @@ What each part drives (rig/guest/init/wl_*.c):
 * ``unix``: stream and datagram socket pairs, a descriptor passed with SCM_RIGHTS, a socket bound
   to a path, 300 sockets made and closed.
 * ``nic``: frames eth0 -> eth1 and back through both i82557b NICs (eepro100) on the QEMU hub over
-  AF_PACKET (losses resent), promiscuous, all-multicast and multicast filters, MII and ethtool
-  ioctls, MTU, ifdown/ifup, /proc/net/dev; both interfaces end down.
+  AF_PACKET (losses resent), promiscuous, all-multicast and multicast filters (more groups than
+  the driver filters), MII, SIOCDEVPRIVATE and ethtool ioctls (their -EFAULT paths too), MTU,
+  ifdown/ifup, /proc/net/dev. Both interfaces stay up afterwards, so the driver's 2 s media timer
+  (speedo_timer) runs from the first run on; every later run starts from that same state.
 
 Under TCG the whole workload takes about 1-2 s of guest time on an idle 2-core host.
 """
