@@ -398,3 +398,86 @@ def bench(c, table1=False, fig4=False, fig5=False, n=None, runs=None, icount=Tru
             console.print(f"  • {note}")
     console.print(f"report: {done.run_dir / 'report.md'} (+ bench.json, PNG figures)")
     console.print(f"[bold]invoke bench took {done.seconds:.1f} s[/]")
+
+
+@task(iterable=["part"], help={"part": "run only this part of the workload (repeatable; default: all)",
+                               "timeout": "seconds to wait for the workload (default 180)"})
+@reports_errors
+def workload(c, part=None, timeout=None):
+    """Run the guest's broad workload (fork/exec, pipes, signals, files, mmap, TCP, UDP, timers, NIC
+    traffic) once and print its digest: the same with and without splices, or something broke."""
+    from rig.guest.workload import run_workload
+
+    state, machine = session.console()
+    with session.watched(state):
+        try:
+            result = run_workload(machine.console, tuple(part or ()),
+                                  timeout=cli_args.seconds(timeout, "timeout") or 180.0)
+        finally:
+            machine.detach()
+    ui.workload_table(result)
+
+
+@task(iterable=["objects", "funcs"], help={
+    "objects": "sweep every boundary of this object's functions, e.g. sched.o (repeatable; default: the "
+               "paper's eepro100.o, sched.o, slab.o and page_alloc.o)",
+    "funcs": "sweep every boundary of this function (repeatable)",
+    "sample": "a seeded random sample of N boundaries of what was chosen (all of core text if nothing was)",
+    "seed": "seed of the sample (default 0): the same seed and kernel give the same points and batches",
+    "mode": "trap | trap-vector (a vector of its own) | jmp | int3 | auto (trap, int3 on 1-byte instructions)",
+    "policy": "single (the instruction alone; default) | displace | auto (single, else displace)",
+    "batch": "points live at once on a guest (default 250; trap-vector: at most 100)",
+    "jobs": "guests at once on this machine, as Dask LocalCluster workers (default 1; 0: this process, no Dask)",
+    "scheduler": "a Dask scheduler, tcp://host:port, whose workers check the batches instead",
+    "resume": "a run directory reports/<run-id> of an interrupted sweep: go on where it stopped",
+    "accel": "auto | tcg | kvm", "icount": "run the guests under -icount shift=N",
+    "plant_panic": "0x-address of one swept point whose splice calls panic(): see the sweep bisect and "
+                   "replace the guest",
+})
+@reports_errors
+def sweep(c, objects=None, funcs=None, sample=None, seed="0", mode="trap", policy="single", batch=None, jobs="1",
+          scheduler=None, resume=None, accel="tcg", icount=None, plant_panic=None):
+    """Splice many kernel points live, run the workload on each batch, and record per point whether it
+    was validated, unreached, refused or failed (reports/<run-id>/sweep.json and a coverage report)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from rig.sweep import coverage
+    from rig.sweep import run as sweep_run
+    from rig.sweep.points import SweepMode, parse_policy
+
+    if resume:
+        swept = sweep_run.resume(Path(resume))
+    else:
+        options = sweep_run.SweepOptions(
+            objects=tuple(objects or ()), functions=tuple(funcs or ()),
+            sample=cli_args.whole(sample, "sample", 1), seed=cli_args.whole(seed, "seed", 0) or 0,
+            mode=SweepMode.parse(mode), policy=parse_policy(policy),
+            batch_size=cli_args.whole(batch, "batch", 1) or sweep_run.DEFAULT_BATCH,
+            jobs=cli_args.whole(jobs, "jobs", 0) or 0, scheduler=scheduler, accel=accel,
+            icount_shift=cli_args.whole(icount, "icount", 0, 10), planted_panic=cli_args.address(plant_panic))
+        swept = sweep_run.start(options, prepared=_prepare(None, accel, options.icount_shift))
+    console.print(f"sweep {swept.run_dir.name}: {len(swept.results.points)} points, "
+                  f"{swept.options.mode.value} mode; results in {swept.run_dir / sweep_run.RESULTS_NAME}")
+    with Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("[dim]{task.fields[counts]}"),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console) as progress:
+        bar = progress.add_task("sweep", total=len(swept.results.points), counts="")
+        sweep_run.run(swept, on_progress=lambda p: progress.update(
+            bar, completed=p.done, counts=" ".join(f"{k} {v}" for k, v in p.counts.items()
+                                                    if k in ("validated", "unreached", "refused", "failed") and v)))
+    ui.coverage_table(coverage.by_object(swept.results), coverage.throughput(swept.results))
+    console.print(f"report: {swept.run_dir / 'coverage.md'} (+ sweep.json, coverage.json, coverage.png)")
+    failed = [r for r in swept.results.points.values() if r["status"] == "failed"]
+    for record in failed[:10]:
+        console.print(f"[red]failed[/] {record['function']}+{record['offset']:#x}: {record['reason']}: "
+                      f"{record.get('oops') or record.get('detail', '')}", markup=True, highlight=False)
+        console.print(f"  reproduce: {record['repro']}", markup=False)
+    if failed:
+        raise RigError(f"{len(failed)} point(s) failed", f"each one's record in {swept.run_dir / 'sweep.json'} "
+                       "has the oops and a command that reproduces it")

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from invoke.exceptions import Exit
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -23,12 +29,14 @@ from rig.kernel.build import STEPS
 
 if TYPE_CHECKING:
     from rig.guest.lifecycle import GuestState
+    from rig.guest.workload import WorkloadResult
     from rig.instrument import ActiveSplice, SpliceResult
     from rig.instrument.faults import FaultRun
     from rig.instrument.manager import BatchResult
     from rig.instrument.trace import AnnotatedLine
     from rig.splicer.analysis import FunctionCode
     from rig.splicer.repository import Header
+    from rig.sweep.coverage import ObjectCoverage
 
 console = Console(highlight=False)
 P = ParamSpec("P")
@@ -214,3 +222,28 @@ def write_annotation(code: "FunctionCode", lines: "list[AnnotatedLine]", state: 
     path = run_dir / f"annotate-{code.name}.md"
     path.write_text("\n".join(out) + "\n")
     return path
+
+
+def workload_table(result: "WorkloadResult") -> None:
+    """The workload's digest and each part's: equal digests mean the same results."""
+    table = Table(title=f"guest workload: digest {result.digest} ({result.seconds:.1f} s)", title_justify="left")
+    for column in ("part", "digest"):
+        table.add_column(column)
+    for part, digest in result.parts.items():
+        table.add_row(part, digest)
+    console.print(table)
+
+
+def coverage_table(rows: "list[ObjectCoverage]", speed: dict[str, float]) -> None:
+    table = Table(title="sweep coverage (reached % = validated live / all boundaries)", title_justify="left")
+    for column in ("object", "boundaries", "plannable", "validated", "unreached", "refused", "failed", "pending",
+                   "reached %", "top refusals"):
+        table.add_column(column, justify="left" if column in ("object", "top refusals") else "right")
+    for row in rows:
+        reasons = ", ".join(f"{k} {v}" for k, v in row.refused_by_reason.most_common(3))
+        table.add_row(row.name, str(row.boundaries), str(row.plannable), str(row.validated), str(row.unreached),
+                      str(row.refused), Text(str(row.failed), style="red" if row.failed else ""), str(row.pending),
+                      f"{row.reached_percent:.1f}", reasons)
+    console.print(table)
+    console.print(f"{speed['validated']} validated, {speed['checked_live']} checked live in {speed['seconds']} s: "
+                  f"{speed['validated_per_minute']} validated/min, {speed['checked_per_minute']} checked/min")
