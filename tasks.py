@@ -406,13 +406,14 @@ def bench(c, table1=False, fig4=False, fig5=False, n=None, runs=None, icount=Tru
 def workload(c, part=None, timeout=None):
     """Run the guest's broad workload (fork/exec, pipes, signals, files, mmap, TCP, UDP, timers, NIC
     traffic) once and print its digest: the same with and without splices, or something broke."""
-    from rig.guest.workload import run_workload
+    from rig.guest.workload import check_parts, run_workload
 
+    parts = check_parts(tuple(part or ()))
+    wait_s = cli_args.seconds(timeout, "timeout") or 180.0
     state, machine = session.console()
     with session.watched(state):
         try:
-            result = run_workload(machine.console, tuple(part or ()),
-                                  timeout=cli_args.seconds(timeout, "timeout") or 180.0)
+            result = run_workload(machine.console, parts, timeout=wait_s)
         finally:
             machine.detach()
     ui.workload_table(result)
@@ -461,7 +462,7 @@ def sweep(c, objects=None, funcs=None, sample=None, seed="0", mode="trap", polic
             mode=SweepMode.parse(mode), policy=parse_policy(policy),
             batch_size=cli_args.whole(batch, "batch", 1) or sweep_run.DEFAULT_BATCH,
             jobs=cli_args.whole(jobs, "jobs", 0) or 0, scheduler=scheduler, accel=accel,
-            icount_shift=cli_args.whole(icount, "icount", 0, 10), planted_panic=cli_args.address(plant_panic))
+            icount_shift=cli_args.whole(icount, "icount", 0, 10), planted_panic=cli_args.address(plant_panic, "plant-panic"))
         swept = sweep_run.start(options, prepared=_prepare(None, accel, options.icount_shift))
     console.print(f"sweep {swept.run_dir.name}: {len(swept.results.points)} points, "
                   f"{swept.options.mode.value} mode; results in {swept.run_dir / sweep_run.RESULTS_NAME}")

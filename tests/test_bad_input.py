@@ -65,6 +65,14 @@ BAD_ARGUMENTS = [
     (["adapt", "--mode", "fast"], "unknown --mode 'fast'"),
     (["bench", "-n", "abc"], "-n abc is not a whole number 1 or more"),
     (["bench", "--runs", "0"], "--runs 0 is not a whole number 1 or more"),
+    (["sweep", "--mode", "fast"], "unknown sweep mode 'fast'"),
+    (["sweep", "--policy", "fast"], "unknown policy 'fast'"),
+    (["sweep", "--batch", "0"], "--batch 0 is not a whole number 1 or more"),
+    (["sweep", "--jobs", "-1"], "--jobs -1 is not a whole number 0 or more"),
+    (["sweep", "--sample", "many"], "--sample many is not a whole number 1 or more"),
+    (["sweep", "--plant-panic", "c0100000"], "--plant-panic c0100000 has no 0x"),
+    (["sweep", "--resume", "no-such-run"], "cannot read the sweep results no-such-run/sweep.json"),
+    (["workload", "--part", "dance"], "unknown workload part(s): dance"),
 ]
 
 

@@ -64,20 +64,21 @@ def offset(text: str | None) -> int | None:
     return value
 
 
-def address(text: str | None) -> int | None:
-    """``--addr``: an absolute kernel address, 0x-hex or decimal."""
+def address(text: str | None, option: str = "addr") -> int | None:
+    """``--addr`` (or another ``--option``): an absolute kernel address, 0x-hex or decimal."""
     if text is None:
         return None
+    flag = f"--{option}"
     value = _integer(text)
     if value is None:
         if _BARE_HEX.fullmatch(text) and not text.isdigit():
-            raise RigError(f"--addr {text} has no 0x", f"hex addresses start with 0x: --addr 0x{text}")
+            raise RigError(f"{flag} {text} has no 0x", f"hex addresses start with 0x: {flag} 0x{text}")
         if text.isdigit():
-            raise RigError(f"--addr {text} has a leading zero (octal or decimal?)",
-                           "write the address in hex with 0x, e.g. --addr 0xc01abc70")
-        raise RigError(f"--addr {text!r} is not an address", "write it in hex with 0x, e.g. --addr 0xc01abc70")
+            raise RigError(f"{flag} {text} has a leading zero (octal or decimal?)",
+                           f"write the address in hex with 0x, e.g. {flag} 0xc01abc70")
+        raise RigError(f"{flag} {text!r} is not an address", f"write it in hex with 0x, e.g. {flag} 0xc01abc70")
     if value > U32_MAX:
-        raise RigError(f"--addr {text} does not fit in 32 bits", "the guest is i386: addresses run up to 0xffffffff")
+        raise RigError(f"{flag} {text} does not fit in 32 bits", "the guest is i386: addresses run up to 0xffffffff")
     return value
 
 

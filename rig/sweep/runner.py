@@ -244,9 +244,10 @@ class GuestWorker:
                                           crash.decode(oops, self.image, instrumenter.layout).summary())
             return
         if digest.digest != self.baseline.digest:
+            failed_steps = "".join(f"; {part} failed at {step}" for part, step in digest.failures.items())
             result.failure = BatchFailure("digest", f"workload digest {digest.digest} instead of "
                                                     f"{self.baseline.digest} (parts: "
-                                                    f"{', '.join(digest.differing(self.baseline))})")
+                                                    f"{', '.join(digest.differing(self.baseline))}{failed_steps})")
             return
         spliced = [plan.point for plan in batch.plans]
         hits = instrumenter.hits_in(min(spliced), max(spliced) + 1) if spliced else {}
