@@ -41,6 +41,7 @@ from rig.splicer.analysis import FunctionCode, disassemble_function
 from rig.splicer.image import ByteRange, KernelImage, Symbol
 from rig.splicer.journal import Repair
 from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
+from rig.splicer.live import LiveSplices
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.modes import OwnVector, int3
 from rig.splicer.padding import padding_gaps
@@ -409,9 +410,13 @@ class Instrumenter:
         vectors: list[int] = []
         refused: list[tuple[PointRequest, SpliceRefused]] = []
         codes: dict[int, FunctionCode] = {}
-        active = list(live_records)  # and the records of the batch's plans so far
+        # Indexed once and grown with each plan's record: a point's checks do not rescan the batch.
+        active = LiveSplices(live_records)
+        lowest_free = 0  # slots only get taken here, so the lowest free one only moves up
         for request, code, point in resolved:
-            slot = self.layout.free_slot(used)
+            while lowest_free < self.layout.slots and lowest_free in used:
+                lowest_free += 1
+            slot = lowest_free if lowest_free < self.layout.slots else self.layout.free_slot(used)  # (all taken: refused)
             own = self._free_own_vector(snap, exclude=set(vectors)) if request.own_vector else None
             try:
                 plan = self._plan(code, point, request.mode, request.policy, slot, request.patch_kind,
@@ -426,7 +431,7 @@ class Instrumenter:
             used.add(slot)
             plans.append(plan)
             if plan.record is not None:
-                active.append(plan.record)
+                active.add(plan.record)
             vectors.append(modes.select(request.mode, snap.header.vector, own).vector() or 0)  # jmp: none
             codes[code.start] = code
         if not plans:
@@ -519,7 +524,7 @@ class Instrumenter:
                                    self.layout.int3_handler, to_rig)
 
     def _plan(self, code: FunctionCode, point: int, mode: Mode, policy: Policy | None, slot: int,
-              patch_kind: PatchKind, vector: int, active: Sequence[SlotRecord],
+              patch_kind: PatchKind, vector: int, active: LiveSplices,
               springboards: int | None = None, call_target: int | None = None,
               own_vector: OwnVector | None = None) -> SplicePlan:
         """``policy=None`` is "auto": the tactics of :data:`rig.splicer.plan.TACTICS` in turn."""

@@ -4,7 +4,8 @@ Modules: ``image`` (vmlinux/.o symbols, bytes), ``padding`` (free gaps between f
 ``flow`` (branch targets and __ex_table sites image-wide), ``analysis`` (decode a function, where
 it may be overwritten), ``sections`` (what may be spliced at all), ``window`` (the bytes a branch
 takes and what may never be in them), ``modes`` (one module per splice mode), ``plan`` (the
-splice plan, the auto tactics), ``springboard`` (jmp rel8 routes), ``dispatch`` (the shared
+splice plan, the auto tactics), ``live`` (the live splices a plan respects, indexed),
+``springboard`` (jmp rel8 routes), ``dispatch`` (the shared
 handlers' hashed table), ``repository`` (guest memory layout, handler stubs), ``journal`` (the
 write journal), ``idt`` (gate descriptors), ``stackcheck`` (busy points), ``kinds`` (mode,
 policy, patch kind, refusal), ``component``/``component_table`` (C components).
@@ -17,7 +18,8 @@ write through its journaled transaction):
    on a vector from ``idt.find_free_vector`` (its gate must still point at ``ignore_int``).
 2. For a splice: read the live slot records back (``repository.decode_slot``) and pass them as
    ``active``; take ``layout.free_slot(...)``. ``plan_splice`` (or ``plan_auto``) returns a
-   ``SplicePlan``; a batch plans point after point, each seeing the records of those before.
+   ``SplicePlan``; a batch plans point after point, each seeing the records of those before
+   (one ``live.LiveSplices`` grown with each plan's record: no point rescans the others).
 3. Busy check: no task's saved EIP or kernel-stack word may lie in ``plan.busy_ranges`` after
    the first byte (``stackcheck.busy_words``), nor in the patch area about to be reused.
 4. Apply ``plan.writes`` in order: patch area (counter zeroed + code), springboards, dispatch

@@ -61,9 +61,13 @@ class FunctionCode:
     jump_tables: list[JumpTable] = field(default_factory=list)
     unresolved_indirect_jumps: list[int] = field(default_factory=list)
     _starts: list[int] = field(default_factory=list, repr=False)
+    _ending_at: dict[int, list[Instruction]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._starts = [i.address for i in self.instructions]
+        self._ending_at = {}
+        for insn in self.instructions:
+            self._ending_at.setdefault(insn.end, []).append(insn)
 
     @property
     def name(self) -> str:
@@ -89,6 +93,14 @@ class FunctionCode:
 
     def instructions_from(self, address: int) -> list[Instruction]:
         return self.instructions[bisect.bisect_left(self._starts, address):]
+
+    def instructions_in(self, start: int, end: int) -> list[Instruction]:
+        """The instructions that start in [start, end), in order."""
+        return self.instructions[bisect.bisect_left(self._starts, start):bisect.bisect_left(self._starts, end)]
+
+    def instructions_ending_at(self, address: int) -> list[Instruction]:
+        """The instructions whose last byte is right before ``address``, in order."""
+        return list(self._ending_at.get(address, ()))
 
     def listing(self, start: int | None = None, end: int | None = None) -> str:
         lo, hi = start or self.start, end or self.end

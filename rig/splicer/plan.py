@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import iced_x86 as ix
 
@@ -19,6 +20,7 @@ from rig.splicer import springboard as sb
 from rig.splicer.analysis import FunctionCode, Instruction, decode
 from rig.splicer.image import ByteRange
 from rig.splicer.kinds import Mode, PatchKind, Policy, SpliceRefused
+from rig.splicer.live import LiveSplices
 from rig.splicer.memory import MemoryWrite
 from rig.splicer.modes import BranchRequest, OwnVector, SpliceMode
 from rig.splicer.modes.jmp import Springboard, encode_hops
@@ -26,7 +28,7 @@ from rig.splicer.repository import (MAX_SPRINGBOARDS, PATCH_AREA_SIZE, PATCH_COD
                                     RepositoryLayout, SlotRecord, SpringboardRecord, encode_slot)
 from rig.splicer.sections import freed_after_boot, why_not_spliceable
 
-__all__ = ["SplicePlan", "TACTICS", "Tactic", "plan_auto", "plan_splice", "undo_writes"]
+__all__ = ["LiveSplices", "SplicePlan", "TACTICS", "Tactic", "plan_auto", "plan_splice", "undo_writes"]
 
 _TARGETED = (PatchKind.CALL, PatchKind.REPLACE, PatchKind.WRAP)
 _COUNTED = (PatchKind.COUNTER, PatchKind.REPLACE, PatchKind.WRAP)
@@ -52,8 +54,16 @@ class SplicePlan:
     undo: tuple[MemoryWrite, ...]     # apply in order; the point is first
     record: SlotRecord | None = None  # what the slot will hold (planning the next splice of a batch needs it)
     before: str = ""
-    after: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @cached_property
+    def after(self) -> str:
+        """The branch, the patch and the springboards disassembled (on demand: decoding them is
+        a good part of planning, and a batch of a thousand plans is seldom shown)."""
+        after = [*decode(self.new_bytes, self.point), *decode(self.patch_code, self.patch_address)]
+        for board in self.springboards:
+            after += decode(board.data, board.address)
+        return "\n".join(i.text() for i in after)
 
     @property
     def busy_ranges(self) -> list[ByteRange]:
@@ -69,11 +79,12 @@ class SplicePlan:
 
 def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layout: RepositoryLayout,
                 slot: int, patch_kind: PatchKind = PatchKind.COUNTER, vector: int | None = None,
-                springboard_space: Sequence[ByteRange] = (), active: Sequence[SlotRecord] = (),
+                springboard_space: Sequence[ByteRange] = (), active: Sequence[SlotRecord] | LiveSplices = (),
                 springboards: int | None = None, call_target: int | None = None,
                 own_vector: OwnVector | None = None) -> SplicePlan:
     """Plan one splice. ``springboard_space``: free padding (``padding_gaps(image)``);
-    ``active``: slot records already in the guest (to refuse overlaps and shared bytes).
+    ``active``: slot records already in the guest (to refuse overlaps and shared bytes), or a
+    :class:`LiveSplices` of them (a batch builds one and adds each plan's record: no rescan).
     ``vector``: the repository's shared trap vector. ``springboards`` (jmp mode): force a chain
     of exactly that many springboards (0: a direct jmp rel32 or nothing) even where a shorter
     route or a rel32 fits -- for measuring chains. ``call_target`` (PatchKind.CALL): the routine
@@ -95,18 +106,18 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
         reason = "init-text" if freed_after_boot(code.symbol.section) else "not-core-text"
         raise SpliceRefused(reason, f"{code.name} cannot be spliced: {not_text}",
                             "pick a function in the core text (.text); `nm vmlinux` shows where each lives")
-    _check_not_spliced(code, point, slot, layout, active)
+    live = active if isinstance(active, LiveSplices) else LiveSplices(active)
+    _check_not_spliced(code, point, slot, layout, live)
     if not code.is_boundary(point):
         raise SpliceRefused("not-boundary", f"{point:#x} is not the start of an instruction in {code.name}",
                             f"instruction starts near it: {_nearby(code, point)}")
 
-    occupied = [ByteRange(b.address, len(b.original)) for rec in active if rec.in_use for b in rec.springboards]
     patch_address = layout.patch_code(slot)
-    free = sb.free_ranges(springboard_space, occupied) if mode is Mode.JMP else ()  # only jmps use padding
+    free = sb.free_ranges(springboard_space, live.springboards) if mode is Mode.JMP else ()  # only jmps use padding
     branch = strategy.branch(BranchRequest(code, point, policy, patch_address, free, springboards))
     window = branch.window
-    _check_no_overlap(window, active)
-    instructions = [i for i in code.instructions if window.start <= i.address < window.end]
+    _check_no_overlap(window, live)
+    instructions = code.instructions_in(window.start, window.end)
     counter = layout.counter(slot) if patch_kind in _COUNTED else None
     patch_code = _build_patch(instructions, window.end, patch_address, counter, call_target, patch_kind)
     if len(patch_code) > PATCH_AREA_SIZE - PATCH_CODE_OFFSET:
@@ -117,20 +128,16 @@ def plan_splice(code: FunctionCode, point: int, mode: Mode, policy: Policy, layo
     boards = tuple(encode_hops(branch.route, springboard_space, patch_address))
     hops = 1 + len(boards) if mode is Mode.JMP else 0
     key = strategy.trap_return(point, branch)
-    bucket = dispatch.place(key, {r.bucket for r in active if r.in_use}) if key is not None else dispatch.NO_BUCKET
+    bucket = dispatch.place(key, live.buckets) if key is not None else dispatch.NO_BUCKET
     record = SlotRecord(True, int(mode), int(policy), window.length, len(branch.data), hops, point, window.end,
                         patch_address, counter or 0, original,
                         tuple(SpringboardRecord(b.address, b.original) for b in boards), strategy.recorded_vector,
                         bucket)
     writes = _writes(strategy, layout, slot, record, branch, patch_code, boards, key)
-    after = [*decode(branch.new_bytes, point), *decode(patch_code, patch_address)]
-    for board in boards:
-        after += decode(board.data, board.address)
     return SplicePlan(code.name, point, mode, policy, slot, window, original, branch.new_bytes, patch_address,
                       patch_code, counter, boards, hops, strategy.trap_return(point, branch), tuple(writes),
                       tuple(_undo(strategy, layout, slot, record, expect_new=branch.new_bytes)), record,
-                      before="\n".join(i.text() for i in instructions),
-                      after="\n".join(i.text() for i in after))
+                      before="\n".join(i.text() for i in instructions))
 
 
 # ---- the auto policy: tactics tried in turn --------------------------------------------------
@@ -205,28 +212,30 @@ def _undo(strategy: SpliceMode, layout: RepositoryLayout, slot: int, record: Slo
 
 # ---- checks -------------------------------------------------------------------------------------
 def _check_not_spliced(code: FunctionCode, point: int, slot: int, layout: RepositoryLayout,
-                       active: Sequence[SlotRecord]) -> None:
-    for index, rec in enumerate(active):
-        if not rec.in_use:
-            continue
-        if rec.point <= point < rec.point + max(rec.window_length, 1):
-            raise SpliceRefused("already-spliced", f"{point:#x} lies in the window of an active splice "
-                                f"at {rec.point:#x}", "undo that splice first")
-        if rec.patch_address == layout.patch_code(slot):
-            raise SpliceRefused("slot-in-use", f"repository slot {slot} is in use",
-                                "take layout.free_slot(...) of the in-use slots")
+                       live: LiveSplices) -> None:
+    """The point in no live window, the slot's patch area no live splice's; where records break
+    both rules, the first record given decides (its window first), as a scan of them would."""
+    holder = live.window_holding(point)
+    owner = live.patch_owner(layout.patch_code(slot))
+    if holder is not None and (owner is None or holder[0] <= owner[0]):
+        raise SpliceRefused("already-spliced", f"{point:#x} lies in the window of an active splice "
+                            f"at {holder[1].point:#x}", "undo that splice first")
+    if owner is not None:
+        raise SpliceRefused("slot-in-use", f"repository slot {slot} is in use",
+                            "take layout.free_slot(...) of the in-use slots")
 
 
-def _check_no_overlap(window: ByteRange, active: Sequence[SlotRecord]) -> None:
+def _check_no_overlap(window: ByteRange, live: LiveSplices) -> None:
     """A window may not take bytes another live splice has rewritten (the point's own window is
     refused earlier as already spliced; this catches a window that runs into a later one)."""
-    for rec in active:
+    found = live.window_overlapping(window)
+    if found is not None:
+        rec = found[1]
         theirs = ByteRange(rec.point, max(rec.window_length, 1))
-        if rec.in_use and window.overlaps(theirs):
-            raise SpliceRefused("overlaps-splice", f"the {window.length}-byte window at {window.start:#x} runs into "
-                                f"the live splice at {rec.point:#x} ({theirs.length} byte(s))",
-                                f"pick a point whose window ends by {rec.point:#x}, use a shorter branch "
-                                "(--mode trap or int3, --policy single), or unsplice that one first")
+        raise SpliceRefused("overlaps-splice", f"the {window.length}-byte window at {window.start:#x} runs into "
+                            f"the live splice at {rec.point:#x} ({theirs.length} byte(s))",
+                            f"pick a point whose window ends by {rec.point:#x}, use a shorter branch "
+                            "(--mode trap or int3, --policy single), or unsplice that one first")
 
 
 def _nearby(code: FunctionCode, point: int) -> str:

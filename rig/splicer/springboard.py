@@ -30,10 +30,18 @@ class Hop:
 
 def free_ranges(gaps: Sequence[ByteRange], occupied: Sequence[ByteRange]) -> list[ByteRange]:
     """Gaps minus bytes other splices already use (their springboards)."""
+    # Each gap is cut only by the used ranges that meet it, found by bisection (thousands of gaps
+    # and of live springboards would otherwise be compared pairwise), applied in their given order.
+    by_start = sorted(range(len(occupied)), key=lambda index: occupied[index].start)
+    starts = [occupied[index].start for index in by_start]
+    longest = max((used.length for used in occupied), default=0)
     result: list[ByteRange] = []
     for gap in sorted(gaps, key=lambda g: g.start):
+        low = bisect.bisect_left(starts, gap.start - longest)
+        high = bisect.bisect_right(starts, gap.end)
+        meeting = sorted(index for index in by_start[low:high] if gap.overlaps(occupied[index]))
         pieces = [gap]
-        for used in occupied:
+        for used in (occupied[index] for index in meeting):
             next_pieces = []
             for piece in pieces:
                 if not piece.overlaps(used):

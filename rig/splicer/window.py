@@ -75,7 +75,7 @@ def _check_interrupt_shadow(code: FunctionCode, taken: Sequence[Instruction]) ->
 
     Relocated, ``sti`` would shadow the patch's next instruction instead of its own, and the
     instruction after ``sti`` would run behind a branch, outside the shadow."""
-    before = [i for i in code.instructions if i.end == taken[0].address]
+    before = code.instructions_ending_at(taken[0].address)
     for insn in [*before, *taken]:
         if _shadows(insn) and not insn.is_data:
             where = "right before the point" if insn in before else "inside the window"
