@@ -1,8 +1,10 @@
 """Splice latency: how long the guest is held stopped to splice or unsplice (host-timed).
 
 Under TCG the guest's TSC stands still while gdb holds the VM, so the stall is timed on the host
-(stop -> continue of the splice stop itself; the prep stop before it is reported apart). Measured
-in the first clock's guest only, after Table 1, and reported in that guest's section.
+(stop -> continue of the stop that checks and writes the point; the two stops before it, the prep
+stop that reads the repository and the task list and the staging stop that writes what no branch
+leads to yet, are reported beside it). Measured in the first clock's guest only, after Table 1,
+and reported in that guest's section.
 """
 from __future__ import annotations
 
@@ -37,11 +39,13 @@ class StallSummary:
 
 @dataclass
 class ModeLatency:
-    splice: StallSummary
+    splice: StallSummary          # the stop that checks and writes the point
+    stage: StallSummary           # the staging stop before it (patch, slot record, bucket)
+    prep: StallSummary            # the first stop (repository and task list read)
     unsplice: StallSummary
-    prep: StallSummary
     busy_retries: int
     splice_stall_s: list[float]
+    stage_stall_s: list[float]
     unsplice_stall_s: list[float]
 
 
@@ -71,28 +75,33 @@ def measure(instr: Instrumenter, cycles: int, progress: Progress | None = None) 
     result = LatencyResult(FUNCTION, cycles, {})
     for mode in MODES:
         splice_s: list[float] = []
+        stage_s: list[float] = []
         prep_s: list[float] = []
         unsplice_s: list[float] = []
         retries = 0
         for index in range(cycles):
             note(f"{mode.name.lower()} splice/unsplice {index + 1}/{cycles}")
             done = instr.splice(FUNCTION, mode=mode, policy=Policy.SINGLE, patch_kind=PatchKind.COUNTER)
-            prep_s.append(instr.last_prep_stall_s or 0.0)
+            prep_s.append(done.prep_stall_s)
+            stage_s.append(done.stage_stall_s)
             splice_s.append(done.stall_s)
             retries += done.busy_retries
             unsplice_s.append(instr.unsplice(done.plan.slot).stall_s)
-        result.modes[mode.name.lower()] = ModeLatency(StallSummary.of(splice_s), StallSummary.of(unsplice_s),
-                                                      StallSummary.of(prep_s), retries, splice_s, unsplice_s)
+        result.modes[mode.name.lower()] = ModeLatency(StallSummary.of(splice_s), StallSummary.of(stage_s),
+                                                      StallSummary.of(prep_s), StallSummary.of(unsplice_s), retries,
+                                                      splice_s, stage_s, unsplice_s)
     return result
 
 
 def latency_table(result: LatencyResult) -> Table:
-    header = ["mode", "splice stall median ms", "splice stall max ms", "unsplice median ms", "unsplice max ms",
-              "prep stop median ms", "busy retries"]
-    rows = [[mode, m.splice.median_ms, m.splice.max_ms, m.unsplice.median_ms, m.unsplice.max_ms, m.prep.median_ms,
-             m.busy_retries] for mode, m in result.modes.items()]
+    header = ["mode", "splice stall median ms", "splice stall max ms", "staging stop median ms", "prep stop median ms",
+              "unsplice median ms", "unsplice max ms", "busy retries"]
+    rows = [[mode, m.splice.median_ms, m.splice.max_ms, m.stage.median_ms, m.prep.median_ms,
+             m.unsplice.median_ms, m.unsplice.max_ms, m.busy_retries] for mode, m in result.modes.items()]
     return Table(f"Splice latency: guest held stopped (host-timed), {result.cycles} splice/unsplice "
-                 f"cycles per mode at {result.function}+0", header, rows)
+                 f"cycles per mode at {result.function}+0; splice stall = the stop that checks and writes the "
+                 "point, after a staging stop (patch, slot record, bucket: nothing a branch leads to yet) and a "
+                 "prep stop (repository and task list)", header, rows)
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,10 @@ def splice_tables(result: "SpliceResult") -> list[Table]:
                            if plan.mode.name == "TRAP" else "")),
         ("repository slot", f"{plan.slot}, patch at {plan.patch_address:#010x}"),
         ("hit counter", f"{plan.counter_address:#010x}" if plan.counter_address else "none"),
-        ("guest stalls", f"{result.stall_s * 1000:.2f} ms to check and write, after {result.prep_stall_s * 1000:.2f} ms "
-                         "to read the repository and task list (host-timed stop→continue)"
+        ("guest stalls", f"{result.stall_s * 1000:.2f} ms to check and write the point, after "
+                         f"{result.stage_stall_s * 1000:.2f} ms staging what no branch leads to yet (patch, record, "
+                         f"bucket) and {result.prep_stall_s * 1000:.2f} ms reading the repository and task list "
+                         "(three host-timed stops, stop→continue)"
                          f"{f', {result.busy_retries} busy retries' if result.busy_retries else ''}"),
     ])
     code = Table(title="code", title_justify="left")
@@ -171,8 +173,9 @@ def faults_table(run: "FaultRun") -> Table:
 def batch_table(done: "BatchResult") -> Table:
     """A batch splice: how many went live in one stop, and every refusal by reason."""
     table = Table(title=f"spliced {len(done.plans)} point(s) in one stop "
-                        f"({done.stall_s * 1000:.1f} ms to check and write, after {done.prep_stall_s * 1000:.1f} ms "
-                        "to read the repository)", title_justify="left")
+                        f"({done.stall_s * 1000:.1f} ms to check and write the points, after "
+                        f"{done.stage_stall_s * 1000:.1f} ms staging patches, records and buckets and "
+                        f"{done.prep_stall_s * 1000:.1f} ms reading the repository)", title_justify="left")
     for column in ("", "points", "detail"):
         table.add_column(column, overflow="fold")
     modes = Counter(plan.mode.name.lower() for plan in done.plans)
