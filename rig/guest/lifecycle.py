@@ -89,7 +89,7 @@ class PreparedGuest:
 def prepare(source: Path | None = None, accel: str = "auto", icount_shift: int | None = None,
             progress: Progress | None = None) -> PreparedGuest:
     kernel = ensure_kernel(source, progress=progress) if progress else ensure_kernel(source)
-    initrd = build_initrd(paths.cache_dir("guest"))
+    initrd = build_initrd()  # in a directory keyed by its inputs: checkouts on one machine never share one
     if icount_shift is not None:
         if accel == "kvm":
             raise RigError("-icount needs TCG; it cannot be combined with --accel kvm", hint="drop --icount")

@@ -8,6 +8,7 @@ cache never holds a half-built kernel; a failed build leaves only its log.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
@@ -16,7 +17,8 @@ import shutil
 import subprocess
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -213,11 +215,26 @@ def _failure_log_dir() -> Path:
     return paths.cache_dir("kernels", "failed-logs")
 
 
+@contextmanager
+def _building(key: str) -> Iterator[None]:
+    """Held while one process builds ``key``: another (a second terminal, a sweep's Dask workers
+    on one machine) waits for it and then finds the build in the cache instead of colliding in
+    the same ``.partial`` directory. The kernel drops the lock if its holder dies."""
+    with open(_kernels_dir() / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build(inputs: BuildInputs, progress: Progress = _quiet, jobs: int = _JOBS) -> KernelBuild:
     """Build the kernel described by ``inputs`` (or return the cached build)."""
     done = cached(inputs)
     if done is not None:
         return done
+    with _building(inputs.key()):
+        return cached(inputs) or _build_locked(inputs, progress, jobs)
+
+
+def _build_locked(inputs: BuildInputs, progress: Progress, jobs: int) -> KernelBuild:
     key = inputs.key()
     final = _kernels_dir() / key
     partial = _kernels_dir() / f"{key}.partial"

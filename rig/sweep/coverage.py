@@ -152,6 +152,8 @@ def plot(results: SweepResults, out_png: Path) -> Path:
         shares = [100.0 * getattr(row, status) / row.boundaries if row.boundaries else 0.0 for row in rows]
         axis.barh([row.name for row in rows], shares, left=left, color=colour, edgecolor="#555", label=status)
         left = [a + b for a, b in zip(left, shares)]
+    options = results.header["options"]
+    axis.set_title(f"live sweep: {options['mode']} mode, policy {options['policy']}", fontsize=10, pad=24)
     axis.set_xlim(0, 100)
     axis.set_xlabel("% of instruction boundaries")
     axis.invert_yaxis()

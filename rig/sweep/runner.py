@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,9 +296,3 @@ def check_batch(worker: GuestWorker, points: Sequence[Point],
 
     outcomes = run(points)
     return BatchReport(outcomes, tries, worker.booted - booted_before, time.monotonic() - started, notes)
-
-
-@contextlib.contextmanager
-def worker_for(settings: SweepSettings) -> Iterator[GuestWorker]:
-    with GuestWorker(settings) as worker:
-        yield worker
