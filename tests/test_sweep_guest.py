@@ -87,3 +87,15 @@ def test_two_dask_workers_agree_with_one_guest(tmp_path: Path, prepared: lifecyc
     sweep = _sweep(tmp_path, prepared, jobs=2, batch_size=40)
     assert "LocalCluster" in sweep.engine_description
     assert _statuses(sweep) == _statuses(in_process)
+
+
+def test_an_existing_dask_cluster_takes_the_batches(tmp_path: Path, prepared: lifecycle.PreparedGuest,
+                                                   in_process: sweep_run.Sweep) -> None:
+    """--scheduler: the batches go to the workers of a cluster the sweep did not start."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        sweep = _sweep(tmp_path, prepared, functions=("sys_getpid",), scheduler=cluster.scheduler_address)
+    assert cluster.scheduler_address in sweep.engine_description
+    assert _statuses(sweep) == {k: s for k, s in _statuses(in_process).items() if k in _statuses(sweep)}

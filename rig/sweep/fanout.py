@@ -98,7 +98,7 @@ def engine(jobs: int, scheduler: str | None = None) -> Iterator[Engine]:
     """The engine ``invoke sweep`` asked for (see the module docstring)."""
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout=20)
+            client = Client(scheduler, timeout=10)
         except OSError as exc:
             raise RigError(f"cannot reach the Dask scheduler {scheduler}: {exc}",
                            "start one with `dask scheduler` and workers with `dask worker <address>`, "
