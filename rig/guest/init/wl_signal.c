@@ -304,9 +304,78 @@ static int stop_continue(struct part *p)
     return 0;
 }
 
+/* --- a signal ends a sleep in a driver ----------------------------------------- */
+
+#define TIOCMIWAIT 0x545C
+#define TIOCGICOUNT 0x545D
+#define TIOCM_CAR 0x040
+#define TIOCM_RNG 0x080
+#define TIOCM_DSR 0x100
+#define TIOCM_CTS 0x020
+
+/* TIOCMIWAIT on the serial console's port sleeps (interruptible_sleep_on) until
+ * a modem line changes, which none does here; SIGALRM from an interval timer,
+ * its handler without SA_RESTART, ends it with -EINTR.  The port is opened on a
+ * descriptor of the part's own (no controlling tty, no wait for carrier); the
+ * console's settings are not touched (the port's modem-status interrupt stays
+ * enabled afterwards: harmless, no line ever changes). */
+static int modem_wait(struct part *p)
+{
+    static u32 icount[16];
+    struct itimerval32 soon, off;
+    long fd, ret;
+    memset(&soon, 0, sizeof(soon));
+    memset(&off, 0, sizeof(off));
+    soon.value.tv_usec = 20000;
+    fd = TRY(p, "ttyS0-open", sys_open("/dev/ttyS0", O_RDWR | O_NOCTTY | O_NONBLOCK, 0));
+    wl_mix(p, (u32)sys_ioctl((int)fd, TIOCGICOUNT, icount)); /* 0; the counts themselves vary */
+    alarm_count = 0;
+    ret = wl_handle(SIGALRM, on_alarm, 0);
+    if (ret >= 0)
+        ret = sys_setitimer(ITIMER_REAL, &soon, 0);
+    if (ret >= 0) {
+        ret = sys_ioctl((int)fd, TIOCMIWAIT, (void *)(TIOCM_RNG | TIOCM_DSR | TIOCM_CAR | TIOCM_CTS));
+        sys_setitimer(ITIMER_REAL, &off, 0);
+        wl_mix(p, (u32)ret); /* -EINTR */
+        wl_mix(p, alarm_count);
+        ret = 0;
+    }
+    sys_close((int)fd);
+    return ret < 0 ? wl_fail(p, "modem-wait", ret) : 0;
+}
+
+/* /proc/self/status renders the blocked set (SigBlk) one hex digit per four signals */
+static int status_sigsets(struct part *p)
+{
+    static char text[2048];
+    ksigset set, old;
+    long n, i;
+    sigset_clear(&set);
+    sigset_add(&set, SIGINT);
+    sigset_add(&set, 3); /* SIGQUIT */
+    sigset_add(&set, 4); /* SIGILL: digit e */
+    sigset_add(&set, SIGUSR2);
+    sigset_add(&set, SIGRTMIN + 3);
+    TRY(p, "ss-block", sys_rt_sigprocmask(SIG_BLOCK, &set, &old));
+    n = wl_read_file("/proc/self/status", text, sizeof(text) - 1);
+    TRY(p, "ss-unblock", sys_rt_sigprocmask(SIG_SETMASK, &old, 0));
+    CHECK(p, "ss-read", n > 0, n);
+    text[n] = 0;
+    for (i = 0; i + 7 < n; i++)
+        if (str_starts(text + i, "SigBlk:")) {
+            long end = i;
+            while (end < n && text[end] != '\n')
+                end++;
+            wl_mix_bytes(p, text + i, (u32)(end - i));
+            return 0;
+        }
+    return wl_fail(p, "ss-sigblk", n);
+}
+
 int part_signal(struct part *p)
 {
-    if (kill_handshake(p) || sigchld(p) || queued(p) || timers(p) || stop_continue(p))
+    if (kill_handshake(p) || sigchld(p) || queued(p) || timers(p) || stop_continue(p) || modem_wait(p)
+        || status_sigsets(p))
         return -1;
     return 0;
 }
