@@ -234,6 +234,9 @@ static int refusals(struct part *p)
     struct sched_param32 param;
     struct timespec32 slice;
     const long nobody = 99999, bad_pointer = 16; /* above 2.4's PID_MAX: never a process */
+    /* above PID_MAX too, but in init's bucket of the pid hash ((pid >> 8 ^ pid) & 1023 == 1):
+     * the lookup walks past init (and whatever shares the bucket) before it answers -ESRCH */
+    const long in_inits_bucket = 32897;
     int pid;
     wl_mix(p, (u32)sys2(NR_sched_getparam, -1, (long)&param));
     wl_mix(p, (u32)sys2(NR_sched_getparam, nobody, (long)&param));
@@ -245,6 +248,10 @@ static int refusals(struct part *p)
     wl_mix(p, (u32)sys2(NR_sched_rr_get_interval, 0, bad_pointer));
     wl_mix(p, (u32)set_scheduler(-1, SCHED_OTHER, 0));
     wl_mix(p, (u32)set_scheduler((int)nobody, SCHED_OTHER, 0));
+    wl_mix(p, (u32)sys2(NR_sched_getparam, in_inits_bucket, (long)&param));
+    wl_mix(p, (u32)sys1(NR_sched_getscheduler, in_inits_bucket));
+    wl_mix(p, (u32)sys2(NR_sched_rr_get_interval, in_inits_bucket, (long)&slice));
+    wl_mix(p, (u32)set_scheduler((int)in_inits_bucket, SCHED_OTHER, 0));
     wl_mix(p, (u32)set_scheduler(0, 7, 0));
     wl_mix(p, (u32)set_scheduler(0, SCHED_OTHER, 5));
     wl_mix(p, (u32)set_scheduler(0, SCHED_RR, 0));
@@ -264,9 +271,158 @@ static int refusals(struct part *p)
     return 0;
 }
 
+/* --- another user's process -------------------------------------------------- */
+
+#define NR_setuid 23
+#define EPERM 1
+
+struct unprivileged_args {
+    int parent;
+    int report;
+};
+
+/* as uid 1000 (no capabilities left): its own policy may change, another
+ * user's may not, and real-time is refused */
+static int unprivileged(void *arg)
+{
+    struct unprivileged_args *a = arg;
+    long results[4];
+    if (sys1(NR_setuid, 1000) < 0)
+        return 1;
+    results[0] = set_scheduler(a->parent, SCHED_OTHER, 0);  /* -EPERM */
+    results[1] = set_scheduler(0, SCHED_OTHER, 0);          /* 0 */
+    results[2] = set_scheduler(0, SCHED_FIFO, 1);           /* -EPERM */
+    results[3] = sys3(NR_setpriority, PRIO_PROCESS, a->parent, 4); /* -EPERM */
+    return wl_write_full(a->report, results, sizeof(results)) == sizeof(results) ? 0 : 2;
+}
+
+static int other_user(struct part *p)
+{
+    static struct unprivileged_args a;
+    long results[4], pid;
+    int fds[2], status = 0, i;
+    TRY(p, "ou-pipe", sys_pipe(fds));
+    a.parent = (int)sys_getpid();
+    a.report = fds[1];
+    pid = TRY(p, "ou-fork", wl_spawn(unprivileged, &a));
+    sys_close(fds[1]);
+    CHECK(p, "ou-read", wl_read_full(fds[0], results, sizeof(results)) == sizeof(results), 0);
+    sys_close(fds[0]);
+    TRY(p, "ou-wait", wl_wait((int)pid, &status));
+    for (i = 0; i < 4; i++)
+        wl_mix(p, (u32)results[i]);
+    wl_mix(p, (u32)wl_status_code(status));
+    return 0;
+}
+
+/* --- a round-robin time slice used up ------------------------------------------ */
+
+static u32 ticks(void)
+{
+    u32 t[4];
+    return (u32)sys1(NR_times, (long)t); /* jiffies */
+}
+
+/* SCHED_RR at nice 19 (a one-tick slice), CPU-bound until its slice has run out
+ * at least once (schedule gives it a new one and moves it to the end of its
+ * queue); each fork halves the counter a child starts with, so two generations
+ * in it has at most a few ticks left */
+static int rr_spinner(void *arg)
+{
+    volatile u32 sink = 0;
+    u32 start;
+    long generation = (long)arg, pid;
+    int status = 0;
+    if (generation > 0) {
+        pid = wl_spawn(rr_spinner, (void *)(generation - 1));
+        if (pid < 0 || wl_wait((int)pid, &status) < 0)
+            return 100;
+        return wl_status_code(status);
+    }
+    if (sys3(NR_setpriority, PRIO_PROCESS, 0, 19) < 0 || set_scheduler(0, SCHED_RR, 1) < 0)
+        return 101;
+    start = ticks();
+    while (ticks() - start < 4)
+        sink++;
+    return (int)sys1(NR_sched_getscheduler, 0);
+}
+
+static int rr_slice(struct part *p)
+{
+    int status = 0;
+    long pid = TRY(p, "rr-fork", wl_spawn(rr_spinner, (void *)2));
+    TRY(p, "rr-wait", wl_wait((int)pid, &status));
+    wl_mix(p, (u32)wl_status_code(status)); /* SCHED_RR */
+    return 0;
+}
+
+/* --- a local descriptor table ------------------------------------------------ */
+
+#define NR_modify_ldt 123
+
+struct ldt_entry {
+    u32 entry_number;
+    u32 base_addr;
+    u32 limit;
+    u32 flags; /* seg_32bit:1 contents:2 read_exec_only:1 limit_in_pages:1 seg_not_present:1 useable:1 */
+};
+
+/* a child with an LDT of its own bounces bytes with its parent (which has none):
+ * every switch between them loads one LDT or the other (switch_mm in schedule) */
+static int ldt_bouncer(void *arg)
+{
+    struct two_pipes *tp = arg;
+    struct ldt_entry entry;
+    static u8 table[64];
+    u8 byte;
+    long n;
+    sys_close(tp->there[1]);
+    sys_close(tp->back[0]);
+    memset(&entry, 0, sizeof(entry));
+    entry.entry_number = 1;
+    entry.limit = 0xfffff;
+    entry.flags = 0x1 | 0x10; /* 32-bit data, limit in pages */
+    if (sys3(NR_modify_ldt, 1, (long)&entry, sizeof(entry)) < 0)
+        return 1;
+    n = sys3(NR_modify_ldt, 0, (long)table, sizeof(table)); /* the table read back: 2 entries */
+    while (wl_read_full(tp->there[0], &byte, 1) == 1) {
+        byte = (u8)(byte + 3);
+        if (wl_write_full(tp->back[1], &byte, 1) != 1)
+            return 2;
+    }
+    return (int)(n + table[8] + table[15]);
+}
+
+static int ldt_switches(struct part *p)
+{
+    static struct two_pipes tp;
+    u32 round, h = 0;
+    int status = 0;
+    u8 byte;
+    long pid;
+    TRY(p, "ldt-pipe", sys_pipe(tp.there));
+    TRY(p, "ldt-pipe", sys_pipe(tp.back));
+    pid = TRY(p, "ldt-fork", wl_spawn(ldt_bouncer, &tp));
+    sys_close(tp.there[0]);
+    sys_close(tp.back[1]);
+    for (round = 0; round < 20; round++) {
+        byte = (u8)round;
+        TRY(p, "ldt-write", wl_write_full(tp.there[1], &byte, 1));
+        CHECK(p, "ldt-read", wl_read_full(tp.back[0], &byte, 1) == 1, round);
+        h = h * 33 + byte;
+    }
+    sys_close(tp.there[1]);
+    TRY(p, "ldt-wait", wl_wait((int)pid, &status));
+    sys_close(tp.back[0]);
+    wl_mix(p, h);
+    wl_mix(p, (u32)wl_status_code(status));
+    return 0;
+}
+
 int part_sched(struct part *p)
 {
-    if (policies(p) || refusals(p) || switches(p) || herd(p) || cpu_bound(p) || timeouts(p))
+    if (policies(p) || refusals(p) || switches(p) || herd(p) || cpu_bound(p) || timeouts(p) || other_user(p)
+        || rr_slice(p) || ldt_switches(p))
         return -1;
     return 0;
 }
