@@ -341,6 +341,67 @@ static int blocked_lock(struct part *p, const struct fs_paths *fp)
     return 0;
 }
 
+#define LOCK_SH 1
+
+struct flock_handoff {
+    const char *path;
+    int ready[2];
+};
+
+/* opens the file itself (flock locks belong to an open file) and waits for LOCK_EX */
+static int flock_waiter(void *arg)
+{
+    struct flock_handoff *h = arg;
+    long fd = sys_open(h->path, O_RDWR, 0);
+    if (fd < 0)
+        return 1;
+    if (wl_write_full(h->ready[1], "r", 1) != 1)
+        return 2;
+    if (sys_flock((int)fd, LOCK_EX) < 0)
+        return 3;
+    sys_flock((int)fd, LOCK_UN);
+    return 40;
+}
+
+/* 1 once /proc/locks lists a blocked waiter (its lines begin with " ->" after the number) */
+static int lock_waiter_listed(void)
+{
+    static char text[1024];
+    long n = wl_read_file("/proc/locks", text, sizeof(text) - 1), i;
+    for (i = 0; i + 1 < n; i++)
+        if (text[i] == '-' && text[i + 1] == '>')
+            return 1;
+    return 0;
+}
+
+/* a holder converts its shared flock to exclusive while a waiter is blocked on it:
+ * 2.4 drops the old lock, wakes the waiter and yields to it until it is off the
+ * block list (locks_wake_up_blocks with wait); the waiter takes the lock first */
+static int flock_convert(struct part *p, const struct fs_paths *fp)
+{
+    static struct flock_handoff h;
+    int status = 0, tries;
+    u8 byte;
+    long fd, pid;
+    fd = TRY(p, "fc-create", sys_open(fp->other, O_RDWR | O_CREAT | O_TRUNC, 0600));
+    h.path = fp->other;
+    TRY(p, "fc-pipe", sys_pipe(h.ready));
+    TRY(p, "fc-shared", sys_flock((int)fd, LOCK_SH));
+    pid = TRY(p, "fc-fork", wl_spawn(flock_waiter, &h));
+    CHECK(p, "fc-ready", wl_read_full(h.ready[0], &byte, 1) == 1, 0);
+    for (tries = 0; tries < 200 && !lock_waiter_listed(); tries++) /* the result does not depend on it */
+        wl_sleep_ms(1);
+    wl_mix(p, (u32)sys_flock((int)fd, LOCK_EX));
+    wl_mix(p, (u32)sys_flock((int)fd, LOCK_UN));
+    TRY(p, "fc-wait", wl_wait((int)pid, &status));
+    wl_mix(p, (u32)wl_status_code(status));
+    sys_close((int)fd);
+    sys_close(h.ready[0]);
+    sys_close(h.ready[1]);
+    TRY(p, "fc-unlink", sys_unlink(fp->other));
+    return 0;
+}
+
 /* many small files: dentries and inodes made and dropped (slab) */
 static int many_files(struct part *p, const struct fs_paths *fp)
 {
@@ -448,7 +509,7 @@ static int walk(struct part *p, const char *root, u32 big)
     wl_mix_bytes(p, cwd, (u32)n);
     TRY(p, "chdir-back", sys_chdir("/"));
     if (files_of_sizes(p, &fp, big) || names_and_links(p, &fp) || descriptors(p, &fp)
-        || blocked_lock(p, &fp) || many_files(p, &fp) || fifo(p, &fp))
+        || blocked_lock(p, &fp) || flock_convert(p, &fp) || many_files(p, &fp) || fifo(p, &fp))
         return -1;
     TRY(p, "rmdir-sub", sys_rmdir(fp.sub));
     TRY(p, "rmdir", sys_rmdir(fp.dir));
