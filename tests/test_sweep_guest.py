@@ -99,3 +99,15 @@ def test_an_existing_dask_cluster_takes_the_batches(tmp_path: Path, prepared: li
         sweep = _sweep(tmp_path, prepared, functions=("sys_getpid",), scheduler=cluster.scheduler_address)
     assert cluster.scheduler_address in sweep.engine_description
     assert _statuses(sweep) == {k: s for k, s in _statuses(in_process).items() if k in _statuses(sweep)}
+
+
+@pytest.mark.parametrize("mode, policy", [(SweepMode.TRAP, Policy.SINGLE), (SweepMode.TRAP_VECTOR, Policy.SINGLE),
+                                          (SweepMode.INT3, Policy.SINGLE), (SweepMode.JMP, None)])
+def test_every_mode_sweeps_cleanly(tmp_path: Path, prepared: lifecycle.PreparedGuest, mode: SweepMode,
+                                   policy: Policy | None) -> None:
+    sweep = _sweep(tmp_path, prepared, functions=("sys_getpid", "tcp_sync_mss"), mode=mode, policy=policy)
+    records = list(sweep.results.points.values())
+    assert not [r for r in records if r["status"] in ("failed", None)]
+    entry = min((r for r in records if r["function"] == "sys_getpid"), key=lambda r: r["offset"])
+    assert entry["status"] == "validated", entry
+    assert sweep.results.header["options"]["mode"] == mode.value
