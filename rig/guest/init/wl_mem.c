@@ -19,6 +19,8 @@
 #define DIP_CHUNK (1u << 20)
 #define DIP_CACHE_PATH "/wlcache"
 #define DIP_CACHE_BYTES (1u << 20)
+#define DIP_MAPPED_PATH "/wlmapped"
+#define DIP_MAPPED_BYTES (2u << 20)
 
 static u32 page_word(u32 seed, u32 page)
 {
@@ -208,6 +210,13 @@ struct sysinfo32 {
 
 /* Touch memory until free memory reaches the floor, then let it all go.  A
  * clean, unmapped 1 MiB file in the page cache is there for reclaim to take.
+ * Older than it on the inactive list, a sparse 2 MiB file mapped and read a
+ * page at a time: more mapped pages in a row than reclaim tolerates in one scan
+ * (at most 1/60 of the inactive list), so a scan that reaches them gives up,
+ * unmaps pages (swap_out) and shrinks the dentry and inode caches
+ * (kmem_cache_shrink) before it tries again and takes from the clean file.  (A
+ * scan for the DMA zone only passes over them, to the head of the list: with
+ * 512 KiB a third of the dips never met them in a scan for the normal zone.)
  * The dip runs real-time until reclaim first takes some of it (so it meets the
  * watermarks itself, in __alloc_pages' slow path, before kswapd can run), then
  * as an ordinary process (kswapd reclaims, the slab reaper destroys slabs) until
@@ -221,9 +230,18 @@ static int dip(void *unused)
     static u8 vec[DIP_CACHE_BYTES / PAGE];
     struct sysinfo32 info;
     u32 used = 0, count = 0, i, resident, step, free_bytes, shared = 0;
-    u8 *cache;
-    long fd;
+    u8 *cache, *mapped;
+    long fd, mapped_fd;
     (void)unused;
+    mapped_fd = sys_open(DIP_MAPPED_PATH, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (mapped_fd < 0 || sys_ftruncate((int)mapped_fd, DIP_MAPPED_BYTES) < 0)
+        return 8;
+    mapped = sys_mmap(0, DIP_MAPPED_BYTES, PROT_READ, MAP_SHARED, (int)mapped_fd, 0);
+    if (mmap_failed(mapped))
+        return 9;
+    for (i = 0; i < DIP_MAPPED_BYTES; i += PAGE) /* holes: each page read as zeros, and mapped */
+        if (*(volatile u8 *)(mapped + i) != 0)
+            return 10;
     fd = sys_open(DIP_CACHE_PATH, O_RDWR | O_CREAT | O_TRUNC, 0600);
     if (fd < 0)
         return 3;
@@ -271,6 +289,8 @@ static int dip(void *unused)
         sys_munmap(chunks[i], DIP_CHUNK);
     sys_munmap(cache, DIP_CACHE_BYTES);
     sys_close((int)fd);
+    sys_munmap(mapped, DIP_MAPPED_BYTES);
+    sys_close((int)mapped_fd);
     return 0;
 }
 
@@ -292,6 +312,7 @@ int part_memory(struct part *p)
             ret = wl_fail(p, "dip", wl_status_code(status));
     }
     sys_unlink(DIP_CACHE_PATH);
+    sys_unlink(DIP_MAPPED_PATH);
     TRY(p, "remount-ro", wl_root_writable(0));
     return ret;
 }
