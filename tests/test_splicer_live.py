@@ -120,7 +120,7 @@ def test_a_batch_plans_and_refuses_as_against_the_list(vmlinux: KernelImage, fun
     index, listed = LiveSplices(), []
     outcomes: list[str] = []
     for slot, point in enumerate(points):
-        common = dict(vector=0x81, springboard_space=gaps)
+        common = {"vector": 0x81, "springboard_space": gaps}
         by_index = plan_or_refusal(code, point, mode, policy, LAYOUT, slot, active=index, **common)
         by_list = plan_or_refusal(code, point, mode, policy, LAYOUT, slot, active=listed, **common)
         assert by_index == by_list

@@ -14,7 +14,7 @@ match, the first one given is named (a consistent guest has at most one).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Set
+from collections.abc import Collection, Iterable
 
 from rig.splicer.image import ByteRange
 from rig.splicer.repository import SlotRecord
@@ -67,7 +67,7 @@ class LiveSplices:
         return self._patch_owners.get(patch_address)
 
     @property
-    def buckets(self) -> Set[int]:
+    def buckets(self) -> Collection[int]:
         """The dispatch buckets live records hold (read-only view)."""
         return self._buckets
 

@@ -28,7 +28,7 @@ from rig.splicer.repository import (MAX_SPRINGBOARDS, PATCH_AREA_SIZE, PATCH_COD
                                     RepositoryLayout, SlotRecord, SpringboardRecord, encode_slot)
 from rig.splicer.sections import freed_after_boot, why_not_spliceable
 
-__all__ = ["LiveSplices", "SplicePlan", "TACTICS", "Tactic", "plan_auto", "plan_splice", "undo_writes"]
+__all__ = ["SplicePlan", "TACTICS", "Tactic", "plan_auto", "plan_splice", "undo_writes"]
 
 _TARGETED = (PatchKind.CALL, PatchKind.REPLACE, PatchKind.WRAP)
 _COUNTED = (PatchKind.COUNTER, PatchKind.REPLACE, PatchKind.WRAP)
