@@ -4,6 +4,7 @@ A new part: one module with a StaticPart, GuestPart or DerivedPart, and one line
 """
 from __future__ import annotations
 
+from rig.bench.determinism import DeterminismPart
 from rig.bench.fig4 import Fig4Part
 from rig.bench.fig5 import Fig5Part
 from rig.bench.hops import HopsPart
@@ -19,4 +20,5 @@ PARTS = Registry([
     HopsPart(),
     Fig5Part(),
     ScalePart(),
+    DeterminismPart(),
 ])
