@@ -16,21 +16,29 @@ What each part drives (rig/guest/init/wl_*.c):
   four pipes polled at once, EPIPE and SIGPIPE.
 * ``signal``: rt and old-style handlers, kill with pipe handshakes, SIGCHLD with siginfo, blocked
   and pending signals, queued rt signals (sigqueueinfo, sigtimedwait), sigsuspend, pause,
-  ITIMER_REAL/VIRTUAL/PROF, alarm, nanosleep, SIGSTOP/SIGCONT.
+  ITIMER_REAL/VIRTUAL/PROF, alarm, nanosleep, SIGSTOP/SIGCONT; TIOCMIWAIT on the serial console's
+  port (a descriptor of the part's own) asleep until SIGALRM without SA_RESTART ends it (-EINTR);
+  /proc/self/status with a blocked set (its SigBlk line hashed).
 * ``file``: ext2 (the initrd, remounted rw for the part) and a ramfs mounted at /mnt: files of
   many sizes (write, writev, pwrite, read, readv, pread, lseek, _llseek), sendfile, truncate,
   holes, fsync, link, rename, symlink, chmod, getdents, FIFOs, locks (a waiter blocked on a POSIX
-  lock), dup, 120 small files and negative dentries; a Unix98 pty on a devpts mount; then /proc
-  (slabinfo among them: read, never hashed).
+  lock; a shared flock converted to exclusive under a blocked waiter, which the kernel yields to),
+  dup, 120 small files and negative dentries; a Unix98 pty on a devpts mount; then /proc (slabinfo
+  among them, also in small reads and after an lseek: read, never hashed).
 * ``memory``: anonymous mmap and page faults, MADV_DONTNEED, mlock, mremap, copy-on-write across
   fork of an 8 MiB process, mprotect and SIGSEGV, munmap holes, MAP_SHARED/MAP_PRIVATE file
   mappings with msync and mincore, brk, and one short dip of free memory below the watermarks:
   real-time at first, so the dip itself reclaims in the page allocator's slow path
   (balance_classzone), then with kswapd and the slab reaper; a clean 1 MiB file in the page cache
   is there to reclaim and the dip ends while most of it is gone, so the OOM killer never acts.
+  Older than it on the inactive list, a sparse 2 MiB file mapped page by page: the reclaim scan
+  that meets it gives up once (swap_out) and shrinks the dentry and inode caches.
 * ``sched``: priorities and policies (SCHED_FIFO/RR briefly, then SCHED_OTHER), getpriority,
-  nice, rr interval, the sched_* calls' error paths, 1000 pipe round trips, sleepers on one wait queue, CPU-bound children of
-  different niceness, real-time bursts with yield, select timeouts.
+  nice, rr interval, the sched_* calls' error paths (a pid beyond PID_MAX in init's bucket of the
+  pid hash among them), 1000 pipe round trips, sleepers on one wait queue, CPU-bound children of
+  different niceness, real-time bursts with yield, select timeouts, a process of another user
+  (setuid: -EPERM for another's policy and niceness and for real-time), a SCHED_RR slice used up
+  at nice 19, a child with an LDT of its own switching with its parent.
 * ``tcp``: 2 MiB each way over loopback with checksums, socket options, shutdown, peek, ten short
   connections (TIME_WAIT), an abortive close, a refused connect.
 * ``udp``: 120 datagrams of 1 byte to 60 kB echoed over loopback (each awaited, resent if lost),
@@ -40,8 +48,11 @@ What each part drives (rig/guest/init/wl_*.c):
 * ``nic``: frames eth0 -> eth1 and back through both i82557b NICs (eepro100) on the QEMU hub over
   AF_PACKET (losses resent), promiscuous, all-multicast and multicast filters (more groups than
   the driver filters), MII, SIOCDEVPRIVATE and ethtool ioctls (their -EFAULT paths too), MTU,
-  ifdown/ifup, /proc/net/dev. Both interfaces stay up afterwards, so the driver's 2 s media timer
-  (speedo_timer) runs from the first run on; every later run starts from that same state.
+  ifdown/ifup, /proc/net/dev. The driver's every debug message is on while the part runs
+  (ETHTOOL_SMSGLVL; KERN_DEBUG, below the console's level; the unlevelled setup-frame message only
+  for a few multicast changes), the saved levels back at the end. Both interfaces stay up
+  afterwards, so the driver's 2 s media timer (speedo_timer) runs from the first run on; every
+  later run starts from that same state.
 
 Under TCG the whole workload takes about 1-2 s of guest time on an idle 2-core host.
 """
