@@ -371,19 +371,21 @@ def faults(c, operation="splice", func="tcp_sync_mss", offset=None, mode="trap",
             "icount": "also measure under TCG -icount (deterministic instruction counts; default on)",
             "accel": "auto | tcg | kvm for the first Table 1 boot (auto: KVM only where it really runs i386)",
             "counter": "add Table 1 rows with the counting probe",
-            "scale": "splices at scale (opt-in, minutes): overhead vs 1..4096 live splices, stop time vs batch size"})
+            "scale": "splices at scale (opt-in, minutes): overhead vs 1..4096 live splices, stop time vs batch size",
+            "determinism": "repeatable exact counts (opt-in, ~45 s): every instruction of tcp_sendmsg traced over the "
+                           "workload's tcp part and the whole workload, twice on a guest and on a fresh one, per clock"})
 @reports_errors
 def bench(c, table1=False, fig4=False, fig5=False, n=None, runs=None, icount=True, accel="auto", counter=False,
-          scale=False):
+          scale=False, determinism=False):
     """Reproduce the paper's Table 1, Fig. 4 and Fig. 5 into reports/<run-id>/ (all parts if none picked;
-    --scale only when given)."""
+    --scale and --determinism only when given)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rig.bench import render as bench_render
     from rig.bench import run as bench_run
 
     switches = [name for name, given in (("table1", table1), ("fig4", fig4), ("fig5", fig5),
-                                                  ("scale", scale)) if given]
+                                                  ("scale", scale), ("determinism", determinism)) if given]
     options = bench_run.cli_options(switches=switches, n=cli_args.whole(n, "n", 1),
                                     runs=cli_args.whole(runs, "runs", 1), accel=accel, icount=icount, counter=counter)
     with Progress(TextColumn("[bold]{task.fields[phase]:<22}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
