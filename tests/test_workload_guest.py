@@ -27,6 +27,8 @@ REACHED = {
     "speedo_start_xmit": "nic",
     "speedo_rx": "nic",
     "set_rx_mode": "nic",
+    "interruptible_sleep_on": "signal",  # TIOCMIWAIT on the serial port, ended by SIGALRM
+    "yield": "file",                     # a flock converted under a blocked waiter
 }
 
 
