@@ -256,9 +256,10 @@ def test_a_task_forked_after_the_prep_stop_is_seen(fake: FakeGuest, inst: Instru
 def test_a_point_busy_only_in_the_stop_that_writes_it_takes_the_staged_writes_back(fake: FakeGuest,
                                                                                    inst: Instrumenter) -> None:
     """The staging stop found the window free and wrote the repository side; a task that slept in
-    the window since makes the stop that writes the point refuse (every retry), and the staged
-    writes are taken back: the guest is as before, the journal closed."""
-    point = inst.image.symbol("sys_getpid").address
+    the window since (at the second of the two one-byte pushes a trap displaces at tcp_sync_mss's
+    entry) makes the stop that writes the point refuse (every retry), and the staged writes are
+    taken back: the guest is as before, the journal closed."""
+    point = inst.image.symbol("tcp_sync_mss").address
     _installed(fake, inst)
     before = fake.clone()
     entered: list[int] = []
@@ -268,12 +269,32 @@ def test_a_point_busy_only_in_the_stop_that_writes_it_takes_the_staged_writes_ba
             entered.append(guest.add_task([point + 1]))
     fake.on_stop = sleep_inside_after_staging
     with pytest.raises(SpliceRefused) as refused:
-        inst.splice("sys_getpid", mode=Mode.TRAP, retries=1)
+        inst.splice("tcp_sync_mss", mode=Mode.TRAP, policy=Policy.DISPLACE, retries=1)
     assert refused.value.reason == "busy" and f"task {entered[0]:#x}" in refused.value.message
     assert fake.stops == 1 + 1 + 2 + 1  # prep, staging, 2 attempts to commit, taking the staged writes back
     assert fake.writes and not journal_open(fake) and fake.running
     assert text_is_vmlinux(fake, inst.image) and state(fake)[1:] == state(before)[1:]  # the repository too
     assert inst.audit() == []
+
+
+def test_the_stop_that_writes_a_one_instruction_window_reads_no_stack(fake: FakeGuest, inst: Instrumenter) -> None:
+    """A window of one whole instruction has no byte anything can resume at but its first, so the stop
+    that writes its point is the point's bytes and their read-back: fewer commands than for a wider
+    window, whose stop reads every task's stack again."""
+    _installed(fake, inst)
+
+    def commands_of_the_point_stop(function: str, policy: Policy) -> int:
+        counts: list[int] = []
+        fake.on_stop = lambda guest: counts.append(guest.command_count)
+        slot = inst.splice(function, mode=Mode.TRAP, policy=policy).plan.slot
+        fake.on_stop = None
+        total = fake.command_count - counts[-1]
+        inst.unsplice(slot)
+        return total
+
+    one = commands_of_the_point_stop("sys_getpid", Policy.SINGLE)        # mov $-8192,%eax: 5 bytes
+    wide = commands_of_the_point_stop("tcp_sync_mss", Policy.DISPLACE)   # push; push
+    assert 0 < one < wide, (one, wide)
 
 
 def test_unsplice_refused_while_the_vcpu_is_in_the_shared_handler(fake: FakeGuest, inst: Instrumenter,

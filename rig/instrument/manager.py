@@ -410,6 +410,7 @@ class Instrumenter:
         vectors: list[int] = []
         refused: list[tuple[PointRequest, SpliceRefused]] = []
         codes: dict[int, FunctionCode] = {}
+        wide: list[ByteRange] = []  # windows of more than one whole instruction (see commit())
         # Indexed once and grown with each plan's record: a point's checks do not rescan the batch.
         active = LiveSplices(live_records)
         lowest_free = 0  # slots only get taken here, so the lowest free one only moves up
@@ -430,6 +431,8 @@ class Instrumenter:
                 continue
             used.add(slot)
             plans.append(plan)
+            if plan.window.length > code.instruction_at(point).size:
+                wide.extend(plan.busy_ranges)
             if plan.record is not None:
                 active.add(plan.record)
             vectors.append(modes.select(request.mode, snap.header.vector, own).vector() or 0)  # jmp: none
@@ -477,12 +480,17 @@ class Instrumenter:
         def commit() -> None:
             with self._stopped():
                 # The busy check again, in the stop that writes the points, and their bytes as journaled.
+                # Only windows wider than one instruction need it: a window of one whole instruction has
+                # no byte a task or the vCPU can resume at but its first (return addresses and interrupted
+                # EIPs are instruction boundaries), so there the stop is the point and its read-back. The
+                # staging stop checked every window and every patch area.
                 batch = self.gdb.batch()
-                busy = self._queue_busy(batch, snap.tasks)
+                busy = self._queue_busy(batch, snap.tasks) if wide else None
                 transaction.queue_commit_reads(batch)
                 batch.run()
                 transaction.check_commit()
-                self._refuse_if_busy(windows, (), self._busy_words(busy))
+                if busy is not None:
+                    self._refuse_if_busy(wide, (), self._busy_words(busy))
                 transaction.apply()
 
         _, staging_retries = _with_retries(stage, retries)
