@@ -21,7 +21,6 @@ from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.instrument import load_image
 from rig.kernel.build import KernelBuild
-from rig.splicer.image import KernelImage
 from rig.splicer.kinds import Policy
 from rig.sweep import coverage
 from rig.sweep.fanout import engine
@@ -100,7 +99,6 @@ class Sweep:
     engine_description: str = ""
     seconds: float = 0.0
     _kernel: KernelBuild | None = None
-    _image: KernelImage | None = None
 
     def kernel(self) -> KernelBuild:
         """The sweep's kernel build (this rig must have the very build the sweep began on)."""
@@ -112,11 +110,6 @@ class Sweep:
                                "start a new sweep (its points and verdicts depend on the kernel)")
             self._kernel = prepared.kernel
         return self._kernel
-
-    def image(self) -> KernelImage:
-        if self._image is None:
-            self._image = load_image(self.kernel().vmlinux)
-        return self._image
 
 
 def start(options: SweepOptions, reports_root: Path | None = None,
@@ -140,10 +133,11 @@ def start(options: SweepOptions, reports_root: Path | None = None,
         if verdict.refusal is not None:
             results.record(point, {"status": "refused", "reason": verdict.refusal.reason,
                                    "detail": verdict.refusal.message, "stage": "static"})
-        else:
-            results.record(point, {"plannable": True})
+        else:  # what its splice occupies: batches are packed from it, here and on resuming
+            results.record(point, {"plannable": True,
+                                   "occupied": [[r.start, r.end] for r in verdict.occupied]})
     results.save()
-    return Sweep(run_dir, options, results, prepared.kernel.build_id, _kernel=prepared.kernel, _image=image)
+    return Sweep(run_dir, options, results, prepared.kernel.build_id, _kernel=prepared.kernel)
 
 
 def resume(run_dir: Path) -> Sweep:
@@ -171,11 +165,9 @@ def pack_batches(verdict_ranges: Sequence[tuple[Point, Sequence[tuple[int, int]]
 
 
 def _batches(sweep: Sweep, points: Sequence[Point]) -> list[list[Point]]:
-    planner = StaticPlanner(sweep.image(), sweep.options.mode, sweep.options.policy)
-    ranges = []
-    for point in points:
-        verdict = planner.verdict(point)
-        ranges.append((point, [(r.start, r.end) for r in verdict.occupied]))
+    """The points packed by what the static planner said their splices occupy (kept per point)."""
+    ranges = [(point, [(start, end) for start, end in sweep.results.points[point.key].get("occupied", [])])
+              for point in points]
     size = min(sweep.options.batch_size, OWN_VECTOR_BATCH) if sweep.options.mode.own_vector else sweep.options.batch_size
     return pack_batches(ranges, size)
 

@@ -231,8 +231,7 @@ class GuestWorker:
         assert self.baseline is not None
         started = time.monotonic()
         try:
-            digest = run_workload(self.machine.console, self.settings.workload_parts,
-                                  timeout=self.settings.workload_timeout_s)
+            digest = self._workload()
         except RigError as error:
             result.failure = BatchFailure("hang", error.message)
             return
