@@ -106,26 +106,36 @@ def object_functions(obj: Path) -> list[tuple[str, int]]:
         return out
 
 
+def linked_functions(image: KernelImage, obj: Path) -> list[Symbol | None]:
+    """Each sized .text function of ``obj`` as linked into vmlinux: the one vmlinux function of that
+    name and size, or None where there is none or several (a name shared by same-sized statics)."""
+    by_name: dict[str, list[Symbol]] = {}
+    for sym in image.symbols:
+        if sym.kind == "FUNC":
+            by_name.setdefault(sym.name, []).append(sym)
+    linked: list[Symbol | None] = []
+    for name, size in object_functions(obj):
+        matches = [s for s in by_name.get(name, []) if s.size == size]
+        linked.append(matches[0] if len(matches) == 1 else None)
+    return linked
+
+
 def census(image: KernelImage, objects: Sequence[tuple[str, Path]],
            progress: Callable[[str, int, int], None] | None = None) -> list[HopCensus]:
     gaps = padding_gaps(image)
     layout = RepositoryLayout()
-    by_name: dict[str, list[Symbol]] = {}
-    for sym in image.symbols:
-        by_name.setdefault(sym.name, []).append(sym)
     results = []
     for label, obj in objects:
         result = HopCensus(label)
-        functions = object_functions(obj)
-        for done, (name, size) in enumerate(functions, start=1):
+        functions = linked_functions(image, obj)
+        for done, symbol in enumerate(functions, start=1):
             if progress:
                 progress(label, done, len(functions))
-            matches = [s for s in by_name.get(name, []) if s.kind == "FUNC" and s.size == size]
-            if len(matches) != 1:
+            if symbol is None:
                 result.unmatched += 1
                 continue
             result.functions += 1
-            code = disassemble_function(image, matches[0])
+            code = disassemble_function(image, symbol)
             for insn in code.instructions:
                 if insn.is_data:
                     continue

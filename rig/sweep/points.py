@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from rig.bench.hops import object_functions
+from rig.bench.hops import linked_functions
 from rig.errors import RigError
 from rig.kernel.build import KernelBuild
 from rig.splicer import idt
@@ -106,19 +106,9 @@ class StaticVerdict:
 
 
 def functions_of_object(image: KernelImage, kernel: KernelBuild, obj: str) -> list[Symbol]:
-    """The vmlinux functions linked from ``obj`` (e.g. ``sched.o`` or ``kernel/sched.o``): a
-    function matches by name and size; a name with several same-sized copies is left out."""
-    path = _object_path(kernel, obj)
-    by_name: dict[str, list[Symbol]] = {}
-    for symbol in image.symbols:
-        if symbol.kind == "FUNC":
-            by_name.setdefault(symbol.name, []).append(symbol)
-    chosen = []
-    for name, size in object_functions(path):
-        matches = [s for s in by_name.get(name, []) if s.size == size and s.section in CORE_TEXT]
-        if len(matches) == 1:
-            chosen.append(matches[0])
-    return chosen
+    """The vmlinux functions linked from ``obj`` (e.g. ``sched.o`` or ``kernel/sched.o``), matched
+    as the hop census matches them (by name and size)."""
+    return [symbol for symbol in linked_functions(image, _object_path(kernel, obj)) if symbol is not None]
 
 
 def _object_path(kernel: KernelBuild, obj: str) -> Path:
