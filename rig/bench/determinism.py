@@ -412,7 +412,7 @@ class DeterminismPart(GuestPart[ClockDeterminism]):
         sections = []
         for measured in result:
             clock = measured.clock
-            prov = report.provenance(accelerator=clock.name, clock_meaning=clock.clock.meaning, n=self.runs)
+            prov = report.clock_provenance(clock, self.runs)
             sections.append(Section(f"Repeatable exact counts — {clock.name}", prov,
                                     [runs_table(measured.result), comparison_table(measured.result)],
                                     notes=notes(measured.result)))

@@ -130,7 +130,7 @@ class LatencyPart(GuestPart[ClockLatency]):
         sections = []
         for measured in result:
             clock = measured.clock
-            prov = report.provenance(accelerator=clock.name, clock_meaning=clock.clock.meaning, n=self.cycles)
+            prov = report.clock_provenance(clock, self.cycles)
             sections.append(Section(f"Splice latency — {clock.name}", prov, [latency_table(measured.latency)],
                                     slot=clock.section_slot))
         return sections

@@ -135,6 +135,10 @@ class ReportContext:
         return Provenance.collect(accelerator=accelerator, clock_meaning=clock_meaning, n=n, seed=seed,
                                   kernel_build_id=self.kernel_build_id, gcc_version=self.gcc_version)
 
+    def clock_provenance(self, clock: ClockRun, n: int) -> Provenance:
+        """The provenance of what one guest measured under ``clock``."""
+        return self.provenance(accelerator=clock.name, clock_meaning=clock.clock.meaning, n=n)
+
 
 class Results:
     """The results measured so far, by part."""

@@ -358,7 +358,7 @@ class ScalePart(GuestPart[ClockScale]):
         sections = []
         for measured in result:
             clock = measured.clock
-            prov = report.provenance(accelerator=clock.name, clock_meaning=clock.clock.meaning, n=self.n)
+            prov = report.clock_provenance(clock, self.n)
             sections.append(Section(f"Splices at scale — {clock.name}", prov,
                                     [live_table(measured), batch_table(measured)],
                                     notes=scale_notes(measured, self.live)))

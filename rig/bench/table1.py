@@ -407,7 +407,7 @@ class Table1Part(GuestPart[ClockTable1]):
         sections = []
         for clock_table in result:
             clock = clock_table.clock
-            prov = report.provenance(accelerator=clock.name, clock_meaning=clock.clock.meaning, n=self.n)
+            prov = report.clock_provenance(clock, self.n)
             sections.append(Section(f"Table 1 — {clock.name}", prov, [table1_table(clock_table)],
                                     notes=table1_notes(clock_table), slot=clock.section_slot))
         if result:
