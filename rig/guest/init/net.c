@@ -1,23 +1,13 @@
 /* Loopback bring-up at boot and the `tcp-mss` command. */
 #include "commands.h"
+#include "workload.h" /* wl_sock: the socketcall argument block */
 
 #define LOOPBACK_ADDR 0x0100007fu /* 127.0.0.1 in network byte order */
 #define LOOPBACK_MASK 0x000000ffu /* 255.0.0.0 */
 
-static long sock_call(int call, long a, long b, long c, long d, long e)
-{
-    long args[5];
-    args[0] = a;
-    args[1] = b;
-    args[2] = c;
-    args[3] = d;
-    args[4] = e;
-    return sys_socketcall(call, args);
-}
-
 static long socket_open(int type)
 {
-    return sock_call(SYS_SOCKET, AF_INET, type, 0, 0, 0);
+    return wl_sock(SYS_SOCKET, AF_INET, type, 0, 0, 0);
 }
 
 static void fill_ifreq_addr(struct ifreq *ifr, u32 addr)
@@ -57,7 +47,7 @@ long loopback_up(void)
 static long tcp_maxseg(long fd, long *mss)
 {
     int value = 0, len = sizeof(value);
-    long ret = sock_call(SYS_GETSOCKOPT, fd, IPPROTO_TCP, TCP_MAXSEG, (long)&value, (long)&len);
+    long ret = wl_sock(SYS_GETSOCKOPT, fd, IPPROTO_TCP, TCP_MAXSEG, (long)&value, (long)&len);
     *mss = value;
     return ret;
 }
@@ -76,7 +66,7 @@ static long accept_within(long listener, int steps)
 {
     static const struct timespec32 step = {0, 10000000};
     for (;;) {
-        long fd = sock_call(SYS_ACCEPT, listener, 0, 0, 0, 0);
+        long fd = wl_sock(SYS_ACCEPT, listener, 0, 0, 0, 0);
         if (fd != -EAGAIN || steps-- <= 0)
             return fd;
         sys_nanosleep(&step);
@@ -107,17 +97,17 @@ int cmd_tcp_mss(struct request *req)
     if (listener < 0) {
         ret = listener;
         failed = "tcp-mss: socket failed";
-    } else if ((ret = sock_call(SYS_BIND, listener, (long)&addr, sizeof(addr), 0, 0)) < 0) {
+    } else if ((ret = wl_sock(SYS_BIND, listener, (long)&addr, sizeof(addr), 0, 0)) < 0) {
         failed = "tcp-mss: bind 127.0.0.1:0 failed";
-    } else if ((ret = sock_call(SYS_LISTEN, listener, 1, 0, 0, 0)) < 0) {
+    } else if ((ret = wl_sock(SYS_LISTEN, listener, 1, 0, 0, 0)) < 0) {
         failed = "tcp-mss: listen failed";
-    } else if ((ret = sock_call(SYS_GETSOCKNAME, listener, (long)&addr, (long)&addr_len, 0, 0)) < 0) {
+    } else if ((ret = wl_sock(SYS_GETSOCKNAME, listener, (long)&addr, (long)&addr_len, 0, 0)) < 0) {
         failed = "tcp-mss: getsockname failed";
     } else if ((client = ret = socket_open(SOCK_STREAM)) < 0) {
         failed = "tcp-mss: client socket failed";
     } else if ((ret = set_nonblocking(client)) < 0 || (ret = set_nonblocking(listener)) < 0) {
         failed = "tcp-mss: fcntl(O_NONBLOCK) failed";
-    } else if ((ret = sock_call(SYS_CONNECT, client, (long)&addr, sizeof(addr), 0, 0)) < 0
+    } else if ((ret = wl_sock(SYS_CONNECT, client, (long)&addr, sizeof(addr), 0, 0)) < 0
                && ret != -EINPROGRESS) {
         failed = "tcp-mss: connect failed (is lo up?)";
     } else if ((server = ret = accept_within(listener, ACCEPT_WAIT_STEPS)) < 0) {

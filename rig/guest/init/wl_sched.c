@@ -82,31 +82,42 @@ static int bouncer(void *arg)
     return 0;
 }
 
-/* one byte there and back, many times: two context switches per round */
-static int switches(struct part *p)
+/* the step names of one bounce run (a failure names its step) */
+struct bounce_steps {
+    const char *pipe, *fork, *write, *read, *wait;
+};
+
+/* `rounds` bytes there and back with a child running `child`: two context switches per round */
+static int bounce(struct part *p, int (*child)(void *), u32 rounds, const struct bounce_steps *step)
 {
     static struct two_pipes tp;
     u32 round, h = 0;
     int status = 0;
     u8 byte;
     long pid;
-    TRY(p, "sw-pipe", sys_pipe(tp.there));
-    TRY(p, "sw-pipe", sys_pipe(tp.back));
-    pid = TRY(p, "sw-fork", wl_spawn(bouncer, &tp));
+    TRY(p, step->pipe, sys_pipe(tp.there));
+    TRY(p, step->pipe, sys_pipe(tp.back));
+    pid = TRY(p, step->fork, wl_spawn(child, &tp));
     sys_close(tp.there[0]);
     sys_close(tp.back[1]);
-    for (round = 0; round < SWITCH_ROUNDS; round++) {
+    for (round = 0; round < rounds; round++) {
         byte = (u8)round;
-        TRY(p, "sw-write", wl_write_full(tp.there[1], &byte, 1));
-        CHECK(p, "sw-read", wl_read_full(tp.back[0], &byte, 1) == 1, round);
+        TRY(p, step->write, wl_write_full(tp.there[1], &byte, 1));
+        CHECK(p, step->read, wl_read_full(tp.back[0], &byte, 1) == 1, round);
         h = h * 33 + byte;
     }
     sys_close(tp.there[1]);
-    TRY(p, "sw-wait", wl_wait((int)pid, &status));
+    TRY(p, step->wait, wl_wait((int)pid, &status));
     sys_close(tp.back[0]);
     wl_mix(p, h);
     wl_mix(p, (u32)wl_status_code(status));
     return 0;
+}
+
+static int switches(struct part *p)
+{
+    static const struct bounce_steps steps = {"sw-pipe", "sw-fork", "sw-write", "sw-read", "sw-wait"};
+    return bounce(p, bouncer, SWITCH_ROUNDS, &steps);
 }
 
 /* several readers asleep on one pipe; each takes one byte */
@@ -395,28 +406,8 @@ static int ldt_bouncer(void *arg)
 
 static int ldt_switches(struct part *p)
 {
-    static struct two_pipes tp;
-    u32 round, h = 0;
-    int status = 0;
-    u8 byte;
-    long pid;
-    TRY(p, "ldt-pipe", sys_pipe(tp.there));
-    TRY(p, "ldt-pipe", sys_pipe(tp.back));
-    pid = TRY(p, "ldt-fork", wl_spawn(ldt_bouncer, &tp));
-    sys_close(tp.there[0]);
-    sys_close(tp.back[1]);
-    for (round = 0; round < 20; round++) {
-        byte = (u8)round;
-        TRY(p, "ldt-write", wl_write_full(tp.there[1], &byte, 1));
-        CHECK(p, "ldt-read", wl_read_full(tp.back[0], &byte, 1) == 1, round);
-        h = h * 33 + byte;
-    }
-    sys_close(tp.there[1]);
-    TRY(p, "ldt-wait", wl_wait((int)pid, &status));
-    sys_close(tp.back[0]);
-    wl_mix(p, h);
-    wl_mix(p, (u32)wl_status_code(status));
-    return 0;
+    static const struct bounce_steps steps = {"ldt-pipe", "ldt-fork", "ldt-write", "ldt-read", "ldt-wait"};
+    return bounce(p, ldt_bouncer, 20, &steps);
 }
 
 int part_sched(struct part *p)
