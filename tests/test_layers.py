@@ -111,7 +111,7 @@ def test_nothing_below_the_campaigns_imports_the_bench() -> None:
 # Lowest first; a module may import its own layer and the ones before it. The first matching
 # prefix decides a module's layer.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("rig.errors", "rig.paths", "rig.tools")),
+    ("base", ("rig.errors", "rig.paths", "rig.tools", "rig.reaper")),
     ("pure", ("rig.splicer", "rig.kernel")),
     ("io", ("rig.gdb", "rig.guest")),
     ("instrument", ("rig.instrument",)),

@@ -3,7 +3,9 @@
 The session owns its gdb the way QEMU's ``machine.py`` owns QEMU: ``launch()`` starts
 it, ``close()`` detaches (so the guest keeps running), asks gdb to exit, then
 terminates and finally kills it, each step with a timeout; the context manager runs
-``close()`` on every exit path, so no gdb process is left behind.
+``close()`` on every exit path, so no gdb process is left behind; and should this
+process die before that (a SIGKILL included), a watchdog stops its gdb
+(:mod:`rig.reaper.lifeline`).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -25,6 +28,7 @@ from rig.gdb.batch import Batch
 from rig.gdb.memory import BatchedAccess
 from rig.gdb.mi import GdbCommandError, GdbDied, GdbTimeout, MiChannel, MiResult, mi_quote
 from rig.gdb.stub import StubAddress
+from rig.reaper.lifeline import Lifeline, spawn
 
 _HEX_RE = re.compile(r"0x[0-9a-fA-F]+")
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class GdbSession(BatchedAccess):
         self.attach_timeout_s = attach_timeout_s
         self._gdb_path = gdb_path
         self._process: subprocess.Popen[bytes] | None = None
+        self._lifeline: Lifeline | None = None
         self._mi: MiChannel | None = None
         self._stub: StubAddress | None = None
         self._register_names: list[str] | None = None
@@ -80,8 +85,11 @@ class GdbSession(BatchedAccess):
         if self.vmlinux is not None and not self.vmlinux.is_file():
             raise RigError(f"kernel symbol file {self.vmlinux} does not exist",
                            hint="build the kernel first (its build directory holds vmlinux)")
-        self._process = subprocess.Popen(
-            [gdb, "--nx", "--quiet", "--interpreter=mi3"],
+        # Should this process die, its gdb is killed, not terminated: on SIGTERM gdb would detach
+        # and let the guest run on, perhaps mid-change; killed, it leaves the guest held stopped
+        # for the next command's repair, as a gdb that died itself does.
+        self._process, self._lifeline = spawn(
+            [gdb, "--nx", "--quiet", "--interpreter=mi3"], stop_signals=(signal.SIGKILL,),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)  # a ^C meant for us must not reach gdb
         try:
@@ -130,7 +138,12 @@ class GdbSession(BatchedAccess):
                 except subprocess.TimeoutExpired:
                     pass
         finally:
-            self._reap(process)
+            try:
+                self._reap(process)
+            finally:
+                if self._lifeline is not None:
+                    self._lifeline.close()
+                self._lifeline = None
             self._process = None
             self._mi = None
             self._stub = None

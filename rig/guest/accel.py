@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rig import paths, tools
 from rig.errors import RigError
+from rig.reaper.lifeline import spawn
 
 _PROBE_SECONDS = 6.0
 _PROBE_MARK = b"Linux version 2.4"
@@ -100,7 +101,7 @@ def kvm_runs_i386(bzimage: Path) -> tuple[bool, str]:
     argv = [tools.require("qemu-system-i386"), "-accel", "kvm", "-m", "32", "-nodefaults", "-display", "none",
             "-no-reboot", "-serial", "stdio", "-kernel", str(bzimage), "-append", "console=ttyS0 panic=-1"]
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc, lifeline = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     ok, reason = False, f"KVM did not reach the kernel banner within {_PROBE_SECONDS:.0f} s"
     try:
         seen = b""
@@ -119,6 +120,7 @@ def kvm_runs_i386(bzimage: Path) -> tuple[bool, str]:
     finally:
         proc.kill()
         proc.wait(timeout=5)
+        lifeline.close()
     cache_file.write_text(json.dumps({"key": key, "ok": ok, "reason": reason}))
     return ok, reason
 

@@ -4,7 +4,9 @@
 ``qemu.machine.QEMUMachine``: ``launch()`` starts it and waits for the guest's
 init banner, ``shutdown()`` stops it with timeouts, and as a context manager it
 never leaks the process.  ``detach()`` hands a running guest over to a state file
-(``invoke boot``); :meth:`QemuMachine.attach` takes it back (later tasks).
+(``invoke boot``); :meth:`QemuMachine.attach` takes it back (later tasks).  Until it is
+detached, the guest also dies with this process, however this process dies (a SIGKILL
+included): a watchdog holds its lifeline (:mod:`rig.reaper.lifeline`).
 
 Every endpoint is private: the serial console, the GDB stub and QMP are unix sockets
 in a 0700 run directory, and the two NICs (i82557b, driven by 2.4.20's eepro100)
@@ -27,6 +29,7 @@ from rig import tools
 from rig.errors import RigError
 from rig.guest.accel import Clock
 from rig.guest.protocol import GuestConsole, ReadyInfo
+from rig.reaper.lifeline import Lifeline, spawn
 from rig.splicer import repository
 
 log = logging.getLogger(__name__)
@@ -113,6 +116,7 @@ class QemuMachine:
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
         self._process: subprocess.Popen[bytes] | None = None
+        self._lifeline: Lifeline | None = None
         self._pid: int | None = None
         self._console: GuestConsole | None = None
         self.boot: BootInfo | None = None
@@ -129,9 +133,9 @@ class QemuMachine:
         started = time.monotonic()
         log.debug("qemu: %s", shlex.join(self.config.argv()))
         with self.config.qemu_log.open("wb") as qemu_log:
-            # A session of its own: the guest may outlive this process (invoke boot).
-            self._process = subprocess.Popen(self.config.argv(), stdin=subprocess.DEVNULL, stdout=qemu_log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+            # A session of its own: the guest may outlive this process (invoke boot, once detached).
+            self._process, self._lifeline = spawn(self.config.argv(), stdin=subprocess.DEVNULL, stdout=qemu_log,
+                                                  stderr=subprocess.STDOUT, start_new_session=True)
         self._pid = self._process.pid
         try:
             self._connect_console()
@@ -188,15 +192,18 @@ class QemuMachine:
             return
         if self._process is not None:
             process, self._process = self._process, None
-            if process.poll() is None:
-                log.debug("qemu pid %d: SIGTERM", pid)
-                process.terminate()
-                try:
-                    process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    log.debug("qemu pid %d: still there after %.0f s, SIGKILL", pid, timeout)
-                    process.kill()
-                    process.wait(timeout=timeout)
+            try:
+                if process.poll() is None:
+                    log.debug("qemu pid %d: SIGTERM", pid)
+                    process.terminate()
+                    try:
+                        process.wait(timeout=timeout)
+                    except subprocess.TimeoutExpired:
+                        log.debug("qemu pid %d: still there after %.0f s, SIGKILL", pid, timeout)
+                        process.kill()
+                        process.wait(timeout=timeout)
+            finally:
+                self._drop_lifeline(release=False)
         else:
             _stop_foreign(pid, timeout)
         for sock in (self.config.console_socket, self.config.gdb_socket, self.config.qmp_socket):
@@ -205,11 +212,21 @@ class QemuMachine:
     def detach(self) -> None:
         """Leave QEMU running on its own (``invoke boot``); this object no longer owns it."""
         self._close_console()
+        self._drop_lifeline(release=True)
         if self._process is not None:
             # Forget the Popen without killing; the child is in its own session.
             self._process.returncode = 0
             self._process = None
         self._pid = None
+
+    def _drop_lifeline(self, release: bool) -> None:
+        lifeline, self._lifeline = self._lifeline, None
+        if lifeline is None:
+            return
+        if release:
+            lifeline.release()
+        else:
+            lifeline.close()
 
     @classmethod
     def attach(cls, config: MachineConfig, pid: int, connect_console: bool = True) -> "QemuMachine":
