@@ -25,6 +25,7 @@ from rig.gdb.session import GdbSession
 from rig.guest.kernel_layout import TaskLayout, task_layout
 from rig.instrument import Instrumenter, SpliceResult, load_image
 from rig.instrument.components import ComponentManager, compile_component, source_path
+from rig.instrument.manager import PointRequest
 from rig.instrument.transaction import recover
 from rig.kernel.build import KernelBuild
 from rig.splicer import component_table as ctab
@@ -32,7 +33,7 @@ from rig.splicer import idt, journal
 from rig.splicer.analysis import disassemble_function
 from rig.splicer.image import KernelImage
 from rig.splicer.kinds import Mode, Policy, SpliceRefused
-from rig.splicer.repository import RepositoryLayout
+from rig.splicer.repository import PATCH_AREA_SIZE, RepositoryLayout
 
 LAYOUT = RepositoryLayout()
 Operation = Callable[[Instrumenter], object]
@@ -307,6 +308,90 @@ def test_unsplice_refused_while_the_vcpu_is_in_the_shared_handler(fake: FakeGues
     assert fake.writes == [] and inst.audit() == []
     fake.registers["eip"] = image.symbol("default_idle").address
     inst.unsplice(slot, retries=0)
+    assert inst.audit() == [] and text_is_vmlinux(fake, image)
+
+
+# ---- held slots: a free slot's old patch that a task may still return to ----------------------------
+def _hold(fake: FakeGuest, slot: int, layout: RepositoryLayout = LAYOUT) -> int:
+    """A task asleep with a return address in ``slot``'s patch (as after a displaced call whose
+    callee blocks, its splice undone since); its task_struct address."""
+    return fake.add_task([0xC0101234, layout.patch_code(slot) + 7, 0])
+
+
+def _release(fake: FakeGuest, task: int) -> None:
+    """The task woke and left: nothing on its stack points anywhere any more."""
+    esp = int.from_bytes(fake.peek(task + fake.task_layout.thread_esp, 4), "little")
+    fake.poke(esp, bytes(task + fake.task_layout.stack_size - esp))
+
+
+def test_a_held_free_slot_is_passed_over_until_its_task_leaves(fake: FakeGuest, inst: Instrumenter) -> None:
+    """Slot 0 is free but a task sleeps in its old patch: the next splice takes slot 1 (it used to be
+    refused as busy, and so was every splice after it), slot 0's patch stays as the task left it, and
+    once the task has gone slot 0 is taken again."""
+    inst.unsplice(inst.splice("sys_getpid", mode=Mode.TRAP).plan.slot)
+    task = _hold(fake, 0)
+    old_patch = fake.peek(LAYOUT.patch_area(0), PATCH_AREA_SIZE)
+    fake.stops = 0
+    result = inst.splice("sys_getuid", mode=Mode.TRAP, retries=0)
+    assert (result.plan.slot, result.held_slots) == (1, (0,))
+    # The prep stop, the staging stop that found slot 0 held (nothing written), the staging stop
+    # of the plan on slot 1, the stop that writes the point.
+    assert fake.stops == 4
+    assert fake.peek(LAYOUT.patch_area(0), PATCH_AREA_SIZE) == old_patch and inst.audit() == []
+    assert inst.splice("sys_getppid", mode=Mode.JMP, retries=0).plan.slot == 2  # still held
+    _release(fake, task)
+    again = inst.splice("sys_geteuid", mode=Mode.TRAP, retries=0)
+    assert (again.plan.slot, again.held_slots) == (0, ())  # no blacklist: usable once the task has left
+    inst.unsplice_all()
+    assert inst.audit() == [] and text_is_vmlinux(fake, inst.image)
+
+
+def test_a_batch_passes_over_every_held_slot_in_one_more_round(fake: FakeGuest, inst: Instrumenter) -> None:
+    """Slots 0 (a sleeping task) and 2 (the vCPU, still in an old patch) are held: a batch of three
+    takes 1, 3 and 4 after one more plan, all or nothing; the busy rule for the points' own windows
+    is unchanged (a busy window refuses the whole batch, nothing written)."""
+    names = ["sys_getpid", "sys_getuid", "sys_getppid"]
+    requests = [PointRequest(name, Mode.TRAP) for name in names]
+    inst.splice_many(requests)  # slots 0-2, undone: their old patches stay until a slot is reused
+    inst.unsplice_all()
+    _hold(fake, 0)
+    fake.registers["eip"] = LAYOUT.patch_code(2) + 3
+    holder = fake.add_task([inst.image.symbol("tcp_sync_mss").address + 1])  # inside its entry's 2-byte window
+    fake.writes.clear()
+    wide = PointRequest("tcp_sync_mss", Mode.TRAP, Policy.DISPLACE)
+    with pytest.raises(SpliceRefused) as refused:
+        inst.splice_many([*requests, wide], retries=0)
+    assert refused.value.reason == "busy" and f"task {holder:#x}" in refused.value.message
+    assert fake.writes == [] and not journal_open(fake)
+    _release(fake, holder)
+    fake.stops = 0
+    done = inst.splice_many(requests, retries=0)
+    assert [plan.slot for plan in done.plans] == [1, 3, 4] and done.held_slots == (0, 2)
+    assert fake.stops == 1 + 2 + 1  # prep, two staging stops (the first wrote nothing), the points
+    assert inst.audit() == []
+    inst.unsplice_all()
+    assert inst.audit() == [] and text_is_vmlinux(fake, inst.image)
+
+
+def test_no_usable_slot_left_is_refused_as_busy_naming_the_holder(image: KernelImage, tasks: TaskLayout,
+                                                                  kernel: KernelBuild) -> None:
+    """Two slots, one live and the other held: nothing to splice into, so the splice is refused
+    (busy: waiting for the task helps) and writes nothing."""
+    small = RepositoryLayout(slots=2)
+    fake = FakeGuest(image, tasks, small)
+    inst = Instrumenter(fake, kernel, small)
+    inst.splice("sys_getpid", mode=Mode.TRAP)
+    inst.unsplice(inst.splice("sys_getuid", mode=Mode.TRAP).plan.slot)
+    task = _hold(fake, 1, small)
+    fake.writes.clear()
+    with pytest.raises(SpliceRefused) as refused:
+        inst.splice("sys_getppid", mode=Mode.TRAP, retries=0)
+    assert refused.value.reason == "busy" and "no usable repository slot left" in refused.value.message
+    assert f"task {task:#x}" in refused.value.message and "slot 1's patch area" in refused.value.message
+    assert fake.writes == [] and inst.audit() == []
+    _release(fake, task)
+    assert inst.splice("sys_getppid", mode=Mode.TRAP, retries=0).plan.slot == 1
+    inst.unsplice_all()
     assert inst.audit() == [] and text_is_vmlinux(fake, image)
 
 

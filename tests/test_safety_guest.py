@@ -1,16 +1,21 @@
 """Safety on the real guest: every mode in every order, init text, interrupt shadows, user int3
-beside int3 splices, busy checks that see this very splice's dispatch, overlapping windows."""
+beside int3 splices, busy checks that see this very splice's dispatch, overlapping windows, a free
+slot whose old patch a sleeping task will still return into."""
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 import pytest
 
 from rig.guest.machine import QemuMachine
 from rig.instrument import Instrumenter
-from rig.splicer.analysis import decode
+from rig.instrument.manager import PointRequest
+from rig.splicer.analysis import Instruction, decode, disassemble_function
+from rig.splicer.image import ByteRange
 from rig.splicer.kinds import Mode, SpliceRefused
+from rig.splicer.repository import PATCH_AREA_SIZE
 
 # Each mode at its own point of a path the guest's workload runs: getpid (exact counts) and the
 # straight-line entry of tcp_sync_mss (equal counts for all three there).
@@ -105,3 +110,77 @@ def test_unsplice_is_busy_while_the_vcpu_is_in_this_splices_dispatch(clean: Inst
         worker.join(timeout=60)
     assert replies and replies[0].int_field("n") == 5  # type: ignore[attr-defined]
     clean.unsplice(spliced.plan.slot)
+
+
+def _call_init_sleeps_under(instrumenter: Instrumenter) -> Instruction:
+    """The direct call in read_chan that init (asleep in read() on the console) returns from."""
+    snap = instrumenter.prep()
+    size = instrumenter.tasks_layout.stack_size
+    with instrumenter.gdb.stopped():
+        stacks = instrumenter.gdb.read_many([(esp, task + size - esp) for task, esp in snap.tasks
+                                             if task < esp < task + size])
+    code = disassemble_function(instrumenter.image, "read_chan")
+    calls = {i.end: i for i in code.instructions if i.mnemonic == "call" and i.size == 5}
+    for blob in stacks:
+        for offset in range(0, len(blob) - 3, 4):
+            word = int.from_bytes(blob[offset:offset + 4], "little")
+            if word in calls:
+                return calls[word]
+    raise AssertionError("no task sleeps under a direct call in read_chan")
+
+
+def _holder(instrumenter: Instrumenter, slot: int) -> str | None:
+    """Who may still return into ``slot``'s patch area (the busy check's words), or None."""
+    tasks = instrumenter.prep().tasks
+    with instrumenter.gdb.stopped():
+        try:
+            instrumenter.check_not_busy(tasks, gone=[ByteRange(instrumenter.layout.patch_area(slot), PATCH_AREA_SIZE)])
+        except SpliceRefused as refusal:
+            return refusal.message
+    return None
+
+
+def _patch_area(instrumenter: Instrumenter, slot: int) -> bytes:
+    with instrumenter.gdb.stopped():
+        return instrumenter.gdb.read_memory(instrumenter.layout.patch_area(slot), PATCH_AREA_SIZE)
+
+
+def test_a_slot_a_sleeping_task_returns_into_is_passed_over(clean: Instrumenter, guest: QemuMachine) -> None:
+    """init sleeps in read_chan's call to schedule_timeout. A trap there relocates the call into its
+    patch; after one request init sleeps under the patch's call, and the splice is undone while it
+    sleeps: the slot is free, but init will return into its old patch. Splices after that take
+    other slots (they used to be refused as busy, every one of them), leave that patch alone, and
+    the guest stays healthy when init wakes through it; then the slot is taken again."""
+    unspliced = guest.console.request("tcp-mss", timeout=30).fields
+    call = _call_init_sleeps_under(clean)
+    spliced = clean.splice("read_chan", mode=Mode.TRAP, address=call.address)
+    held = spliced.plan.slot
+    assert spliced.plan.window == ByteRange(call.address, call.size)  # the whole call, relocated
+    assert guest.console.request("ping", timeout=30)  # init wakes, reads again: now under the patch's call
+    deadline = time.monotonic() + 30
+    while _holder(clean, held) is None:
+        assert time.monotonic() < deadline, "init did not go back to sleep under the patch"
+        time.sleep(0.05)
+    assert clean.counter(held) >= 1
+    clean.unsplice(held)
+    assert clean.active()[1] == [] and _holder(clean, held) is not None  # free, and still held
+    old_patch = _patch_area(clean, held)
+
+    done = clean.splice_many([PointRequest("sys_getpid", Mode.TRAP), PointRequest("tcp_sync_mss", Mode.TRAP)])
+    slots = {plan.function: plan.slot for plan in done.plans}
+    assert held not in slots.values() and held in done.held_slots, (slots, done.held_slots)
+    assert _patch_area(clean, held) == old_patch and clean.audit() == []
+    # init wakes, returns through the old patch and serves the request.
+    reply = guest.console.request("bench getpid 200", timeout=60)
+    assert reply.int_field("n") == 200 and clean.counter(slots["sys_getpid"]) == 200
+    tcp = guest.console.request("tcp-mss", timeout=30).fields
+    assert (tcp["client"], tcp["server"]) == (unspliced["client"], unspliced["server"])
+    assert clean.counter(slots["tcp_sync_mss"]) > 0
+    assert _holder(clean, held) is None  # init sleeps in read_chan itself again
+
+    again = clean.splice("sys_getuid", mode=Mode.TRAP)
+    assert (again.plan.slot, again.held_slots) == (held, ())  # the lowest free slot again, released
+    undone = clean.unsplice_all()
+    assert sorted(u.slot for u in undone) == sorted([*slots.values(), again.plan.slot])
+    assert clean.audit() == []
+    assert guest.console.request("ping", timeout=30)

@@ -118,7 +118,9 @@ def splice_tables(result: "SpliceResult") -> list[Table]:
         ("route", route + (f", vector {result.vector:#x}" + (" of its own" if plan.trap_return is None else
                                                              " (shared, table lookup)")
                            if plan.mode.name == "TRAP" else "")),
-        ("repository slot", f"{plan.slot}, patch at {plan.patch_address:#010x}"),
+        ("repository slot", f"{plan.slot}, patch at {plan.patch_address:#010x}"
+                            + (f" (free slot(s) {', '.join(map(str, result.held_slots))} passed over: a task may "
+                               "still return into their old patch)" if result.held_slots else "")),
         ("hit counter", f"{plan.counter_address:#010x}" if plan.counter_address else "none"),
         ("guest stalls", f"{result.stall_s * 1000:.2f} ms to check and write the point, after "
                          f"{result.stage_stall_s * 1000:.2f} ms staging what no branch leads to yet (patch, record, "
@@ -186,6 +188,9 @@ def batch_table(done: "BatchResult") -> Table:
     for reason, points in sorted(reasons.items()):
         shown = ", ".join(f"{p:#x}" for p in points[:6]) + (f" … ({len(points)})" if len(points) > 6 else "")
         table.add_row(Text(f"refused: {reason}", style="yellow"), str(len(points)), shown)
+    if done.held_slots:
+        table.add_row("held slots", str(len(done.held_slots)),
+                      f"passed over (a task may still return into their old patch): {', '.join(map(str, done.held_slots))}")
     return table
 
 

@@ -8,7 +8,9 @@ state, checks that it is safe, and writes, with the guest stopped:
 * a **staging stop** re-checks everything the plan rests on (function text, expected bytes, the
   slot still free, no task inside the window or the patch area), journals the whole change and
   writes what no branch leads to yet (patch area, springboards, dispatch bucket, slot record
-  and flag), read back; the journal stays open. Nothing is written if any check fails;
+  and flag), read back; the journal stays open. Nothing is written if any check fails. A free
+  slot whose old patch a task may still return to (a splice undone while the task slept under
+  it) is *held*: the batch is planned again on other free slots;
 * the **splice stop** (the one timed as the guest's stall) checks the busy rule again and the
   bytes under the point against the journal, writes the gates and the instrumentation point
   last, reads them back and closes the journal. A point found busy only here is retried, then
@@ -23,7 +25,7 @@ import struct
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Literal, TypeVar, overload
@@ -89,6 +91,7 @@ class SpliceResult:
     vector: int
     prep_stall_s: float = 0.0  # the earlier stop that read the repository and the task list
     stage_stall_s: float = 0.0  # the stop between them that wrote what no branch leads to yet
+    held_slots: tuple[int, ...] = ()  # free slots passed over: a task or the vCPU may still return into their patch
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class BatchResult:
     prep_stall_s: float
     busy_retries: int
     stage_stall_s: float = 0.0        # the stop before it that wrote patches, records, buckets (nothing live)
+    held_slots: tuple[int, ...] = ()  # free slots passed over: a task or the vCPU may still return into their patch
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,37 @@ class UnspliceResult:
     hits: int
     stall_s: float
     prep_stall_s: float = 0.0
+
+
+@dataclass
+class _PlannedBatch:
+    """A batch planned against the prep stop's snapshot; nothing written yet."""
+
+    live_records: list[SlotRecord]
+    plans: list[SplicePlan] = field(default_factory=list)
+    vectors: list[int] = field(default_factory=list)
+    refused: list[tuple[PointRequest, SpliceRefused]] = field(default_factory=list)
+    codes: dict[int, FunctionCode] = field(default_factory=dict)
+    wide: list[ByteRange] = field(default_factory=list)  # windows of more than one whole instruction
+
+
+class _SlotsHeld(Exception):
+    """(staging stop, nothing written) Free slots the plans took are held: plan again without ``held``."""
+
+    def __init__(self, held: dict[int, BusyWord]) -> None:
+        super().__init__(f"held slots {sorted(held)}")
+        self.held = held
+
+
+def _all_held(held: dict[int, BusyWord]) -> SpliceRefused:
+    """The refusal when every free slot the batch has not taken is held (the lowest one named)."""
+    slot = min(held)
+    word = held[slot]
+    return SpliceRefused("busy", f"no usable repository slot left: the {len(held)} other free slot(s) hold code a "
+                         f"task or the vCPU may still return to ({word.origin} holds {word.value:#x}, inside "
+                         f"slot {slot}'s patch area {word.range.start:#x}+{word.range.length})",
+                         "a task sleeps in the patch of a splice undone earlier; retry once it has woken, "
+                         "or undo a live splice to free its slot")
 
 
 @dataclass(frozen=True)
@@ -394,31 +429,54 @@ class Instrumenter:
                                own_vector)
         done = self.splice_many([request], retries=retries)
         return SpliceResult(done.plans[0], done.stall_s, done.busy_retries, done.vectors[0],
-                            prep_stall_s=done.prep_stall_s, stage_stall_s=done.stage_stall_s)
+                            prep_stall_s=done.prep_stall_s, stage_stall_s=done.stage_stall_s,
+                            held_slots=done.held_slots)
 
     def splice_many(self, requests: Sequence[PointRequest], retries: int = 20, strict: bool = True) -> BatchResult:
         """Plan every point, then apply them all, all or nothing (the kernel's ``text_poke_bp_batch``
         is the model): the repository side of every splice written and read back in a staging stop,
         then every point in one more stop. ``strict``: the first refusal in planning ends the batch
-        (else refused points are listed in the result and the rest goes ahead)."""
+        (else refused points are listed in the result and the rest goes ahead).
+
+        A free slot whose patch area a task or the vCPU may still return to (the relocated code of a
+        splice undone while a task slept under it, e.g. in a displaced ``call``) is held: the staging
+        stop names every held slot and, when the plans took one, writes nothing and the batch is
+        planned again without them. Only when no free slot is left but held ones is the batch
+        refused, as busy."""
         resolved = [(request, *self.resolve_point(request.function, request.offset, request.address))
                     for request in requests]
         snap = self.prep(read_idt=any(request.own_vector for request in requests))
+        held: dict[int, BusyWord] = {}  # only for this call: a slot released by its task is free again
+        # Each round avoids every slot seen held so far, so any slot it finds held is a new one and
+        # the rounds end; in practice after one more (tasks only leave a free patch area, never enter).
+        while True:
+            planned = self._plan_batch(resolved, snap, held, strict)
+            if not planned.plans:
+                return BatchResult([], [], planned.refused, 0.0, self.last_prep_stall_s or 0.0, 0)
+            try:
+                return self._apply_batch(planned, snap, retries, held)
+            except _SlotsHeld as found:
+                held.update(found.held)
+
+    def _plan_batch(self, resolved: Sequence[tuple[PointRequest, FunctionCode, int]], snap: GuestSnapshot,
+                    held: dict[int, BusyWord], strict: bool) -> _PlannedBatch:
+        """Every point planned against the prep stop's snapshot, each in the lowest slot neither in
+        use nor ``held``."""
         live_records = [record for _, record in snap.active()]
         used = {index for index, _ in snap.active()}
-        plans: list[SplicePlan] = []
-        vectors: list[int] = []
-        refused: list[tuple[PointRequest, SpliceRefused]] = []
-        codes: dict[int, FunctionCode] = {}
-        wide: list[ByteRange] = []  # windows of more than one whole instruction (see commit())
+        planned = _PlannedBatch(live_records)
         # Indexed once and grown with each plan's record: a point's checks do not rescan the batch.
         active = LiveSplices(live_records)
         lowest_free = 0  # slots only get taken here, so the lowest free one only moves up
         for request, code, point in resolved:
-            while lowest_free < self.layout.slots and lowest_free in used:
+            while lowest_free < self.layout.slots and (lowest_free in used or lowest_free in held):
                 lowest_free += 1
-            slot = lowest_free if lowest_free < self.layout.slots else self.layout.free_slot(used)  # (all taken: refused)
-            own = self._free_own_vector(snap, exclude=set(vectors)) if request.own_vector else None
+            if lowest_free == self.layout.slots:
+                if held:  # free slots are left, each held: only waiting for the task helps
+                    raise _all_held(held)
+                self.layout.free_slot(used)  # all taken: refused
+            slot = lowest_free
+            own = self._free_own_vector(snap, exclude=set(planned.vectors)) if request.own_vector else None
             try:
                 plan = self._plan(code, point, request.mode, request.policy, slot, request.patch_kind,
                                   snap.header.vector, active,
@@ -427,18 +485,34 @@ class Instrumenter:
             except SpliceRefused as refusal:
                 if strict:
                     raise
-                refused.append((request, refusal))
+                planned.refused.append((request, refusal))
                 continue
             used.add(slot)
-            plans.append(plan)
+            planned.plans.append(plan)
             if plan.window.length > code.instruction_at(point).size:
-                wide.extend(plan.busy_ranges)
+                planned.wide.extend(plan.busy_ranges)
             if plan.record is not None:
                 active.add(plan.record)
-            vectors.append(modes.select(request.mode, snap.header.vector, own).vector() or 0)  # jmp: none
-            codes[code.start] = code
-        if not plans:
-            return BatchResult([], [], refused, 0.0, self.last_prep_stall_s or 0.0, 0)
+            planned.vectors.append(modes.select(request.mode, snap.header.vector, own).vector() or 0)  # jmp: none
+            planned.codes[code.start] = code
+        return planned
+
+    def _held_slots(self, words: Sequence[tuple[int, str]], used: Collection[int]) -> dict[int, BusyWord]:
+        """Free slots (not in ``used``) whose patch area one of ``words`` lies in, anywhere: code a
+        task or the vCPU may still return to, which reusing the slot would overwrite."""
+        first, size = self.layout.patch_area(0), repository.PATCH_AREA_SIZE
+        held: dict[int, BusyWord] = {}
+        for value, origin in words:
+            slot = (value - first) // size  # one division a word: every stack word of every task
+            if 0 <= slot < self.layout.slots and slot not in used and slot not in held:
+                held[slot] = BusyWord(value, ByteRange(self.layout.patch_area(slot), size), origin)
+        return held
+
+    def _apply_batch(self, planned: _PlannedBatch, snap: GuestSnapshot, retries: int,
+                     held: dict[int, BusyWord]) -> BatchResult:
+        """The staging stop and the splice stop of a planned batch; :class:`_SlotsHeld` (nothing
+        written) when the staging stop finds a slot the plans took held."""
+        plans, codes, wide, live_records = planned.plans, planned.codes, planned.wide, planned.live_records
         # int3: vector 3 is re-pointed at the rig's stub before any point.
         gate = self._int3_gate_writes(snap.int3_gate, to_rig=True) if any(p.mode is Mode.INT3 for p in plans) else []
         # What no branch leads to yet (patch areas, springboards, dispatch buckets, slot records and
@@ -454,6 +528,7 @@ class Instrumenter:
                                   commit=points[-1], merge_gap=repository.PATCH_AREA_SIZE - 1)
         gone = [ByteRange(self.layout.patch_area(plan.slot), repository.PATCH_AREA_SIZE) for plan in plans]
         windows = [window for plan in plans for window in plan.busy_ranges]
+        used = {index for index, _ in snap.active()}
 
         def stage() -> None:
             with self._stopped():
@@ -473,8 +548,13 @@ class Instrumenter:
                     raise RigError(f"repository slot(s) {', '.join(map(str, taken))} changed since it was read",
                                    hint="is another rig process splicing? retry")
                 transaction.check()
+                words = self._busy_words(busy)
+                # Every free slot is looked at, not only those planned: the next round avoids them all.
+                found = self._held_slots(words, used)
+                if any(plan.slot in found for plan in plans):
+                    raise _SlotsHeld(found)
                 # Windows too, though the points wait for the next stop: a busy point writes nothing.
-                self._refuse_if_busy(windows, gone, self._busy_words(busy))
+                self._refuse_if_busy(windows, gone, words)
                 transaction.stage(1)
 
         def commit() -> None:
@@ -483,7 +563,8 @@ class Instrumenter:
                 # Only windows wider than one instruction need it: a window of one whole instruction has
                 # no byte a task or the vCPU can resume at but its first (return addresses and interrupted
                 # EIPs are instruction boundaries), so there the stop is the point and its read-back. The
-                # staging stop checked every window and every patch area.
+                # staging stop checked every window and every patch area (nothing enters a free patch
+                # area between the two stops: no branch leads there yet).
                 batch = self.gdb.batch()
                 busy = self._queue_busy(batch, snap.tasks) if wide else None
                 transaction.queue_commit_reads(batch)
@@ -503,8 +584,10 @@ class Instrumenter:
                     transaction.abandon()
             raise
         self._changed()
-        return BatchResult(plans, vectors, refused, self.gdb.last_stall_s or 0.0, self.last_prep_stall_s or 0.0,
-                           staging_retries + commit_retries, stage_stall_s=stage_stall_s)
+        return BatchResult(plans, planned.vectors, planned.refused, self.gdb.last_stall_s or 0.0,
+                           self.last_prep_stall_s or 0.0, staging_retries + commit_retries,
+                           stage_stall_s=stage_stall_s,
+                           held_slots=tuple(slot for slot in sorted(held) if slot < max(p.slot for p in plans)))
 
     def _own_vector(self, vector: int) -> OwnVector:
         """The gate a vector of a splice's own had before (at ``ignore_int``, as 2.4's setup_idt made it)."""

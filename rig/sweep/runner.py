@@ -197,27 +197,22 @@ class GuestWorker:
                                         splices=[point.label for point in points], layout=self.instrumenter.layout)
 
     def _splice(self, points: Sequence[Point], result: CheckResult) -> tuple[crash.ConsoleWatch, BatchResult | None]:
-        """The batch spliced in one stop. A busy refusal is tried again after waking init (asleep on
-        the console, it may still be returning into the patch of an earlier batch's splice that shares
-        a slot with this one), then on a fresh guest; after that the busy point is real."""
+        """The batch spliced in one stop. A busy refusal (after the instrumenter's own retries) is a
+        task asleep inside a point's window: free slots whose old patch a task may still return into
+        (an earlier batch's splice undone under a sleeping task) are passed over by the instrumenter,
+        not refused. One point is then refused as busy; a batch of more fails and is bisected down
+        to it."""
         panic = self.image.symbol("panic").address
         requests = [self.settings.request(point, panic) for point in points]
-        for attempt in range(3):
-            watch = self._watch(points)
-            try:
-                batch = self.instrumenter.splice_many(requests, strict=False)
-                break
-            except SpliceRefused as refusal:
-                if refusal.reason != "busy" or attempt == 2:
-                    if refusal.reason == "busy" and len(points) == 1:
-                        result.outcomes.append(PointOutcome(points[0], "refused", reason="busy", detail=refusal.message))
-                        return watch, None
-                    result.failure = BatchFailure("splice-error", f"{refusal.reason}: {refusal.message}")
-                    return watch, None
-                if attempt == 0:
-                    self.machine.console.request("ping", timeout=30)
-                else:
-                    self.replace()
+        watch = self._watch(points)
+        try:
+            batch = self.instrumenter.splice_many(requests, strict=False)
+        except SpliceRefused as refusal:
+            if refusal.reason == "busy" and len(points) == 1:
+                result.outcomes.append(PointOutcome(points[0], "refused", reason="busy", detail=refusal.message))
+            else:
+                result.failure = BatchFailure("splice-error", f"{refusal.reason}: {refusal.message}")
+            return watch, None
         result.splice_stop_s = batch.stall_s
         by_address = {point.address: point for point in points}
         for request, refusal in batch.refused:
