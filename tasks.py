@@ -403,19 +403,23 @@ def bench(c, table1=False, fig4=False, fig5=False, n=None, runs=None, icount=Tru
 
 
 @task(iterable=["part"], help={"part": "run only this part of the workload (repeatable; default: all)",
-                               "timeout": "seconds to wait for the workload (default 180)"})
+                               "timeout": "seconds to wait for the workload (default 180)",
+                               "align": "start the parts on the tick whose jiffies is a multiple of TICKS, kupdated "
+                                        "restarted there: under -icount a start the host's timing cannot move "
+                                        "(24000 stands every periodic kernel timer alike; a real wait under TCG)"})
 @reports_errors
-def workload(c, part=None, timeout=None):
+def workload(c, part=None, timeout=None, align=None):
     """Run the guest's broad workload (fork/exec, pipes, signals, files, mmap, TCP, UDP, timers, NIC
     traffic) once and print its digest: the same with and without splices, or something broke."""
     from rig.guest.workload import check_parts, run_workload
 
     parts = check_parts(tuple(part or ()))
     wait_s = cli_args.seconds(timeout, "timeout") or 180.0
+    align_ticks = cli_args.whole(align, "align", 1, 1_000_000)
     state, machine = session.console()
     with session.watched(state):
         try:
-            result = run_workload(machine.console, parts, timeout=wait_s)
+            result = run_workload(machine.console, parts, timeout=wait_s, align_ticks=align_ticks)
         finally:
             machine.detach()
     ui.workload_table(result)

@@ -1,14 +1,17 @@
 """Repeatable exact counts (issue 10) on real guests under TCG -icount: every instruction of
 tcp_sendmsg traced while the workload's tcp part runs twice, on a first guest and on a fresh one.
 
-What holds and is asserted: tcp_sendmsg's entry counts exactly the sends the tcp part makes, in
-every run on every guest; the workload's digest stays the same; and after unsplice all the kernel
-text equals vmlinux. Not asserted, because it does not always hold: that the other instructions
-count alike. Run 2 on one guest differs from run 1 (the state run 1 leaves behind changes run 2's
-paths, the same way on every guest), and a fresh guest replaying the same history mostly counts
-every instruction as the first did, but not always: the command reaches the console at a
-host-timed moment, so where ticks and the periodic kernel threads fall within the run is the
-host's, and it changes how the sender and the receiver interleave (rig/bench/determinism.py)."""
+What is asserted: tcp_sendmsg's entry counts exactly the sends the tcp part makes, in every run on
+every guest; the workload's digest stays the same; a fresh guest replaying the same history counts
+every traced instruction exactly as the first did; and after unsplice all the kernel text equals
+vmlinux. The same history: the same runs, each started on the same aligned tick counted from the
+guest's first run (a run starts on the tick whose jiffies is a multiple of four minutes, woken from
+idle, kupdated's period restarted there, so neither the tick phase nor a periodic kernel timer
+depends on when the host's command arrived; a host that sends a command after its tick makes the
+guest idle to the next one, a longer gap between runs and so another history). Not asserted: that
+run 2 on one guest counts what run 1 did. It does not (the state run 1 leaves behind changes run 2's
+paths and so where ticks preempt it), the same way on every guest replaying the same history, which
+is asserted instead (rig/bench/determinism.py)."""
 from __future__ import annotations
 
 import json
@@ -53,7 +56,8 @@ def test_determinism_is_opt_in() -> None:
 @pytest.fixture(scope="module")
 def measured(kernel: KernelBuild) -> determinism.DeterminismResult:
     prepared = lifecycle.prepare(accel="tcg", icount_shift=SHIFT)
-    return determinism.measure(prepared, [("tcp",)], runs=2, note=lambda _: None)
+    return determinism.measure(prepared, [("tcp",)], runs=2, note=lambda _: None,
+                               align_ticks=determinism.align_for(prepared.clock.deterministic))
 
 
 def test_entry_counts_every_send(measured: determinism.DeterminismResult) -> None:
@@ -74,6 +78,21 @@ def test_comparisons_cover_every_traced_instruction(measured: determinism.Determ
                for c in measured.comparisons)
 
 
+def test_a_fresh_guest_counts_every_instruction_alike(measured: determinism.DeterminismResult) -> None:
+    assert measured.align_ticks == determinism.ALIGN_PERIODIC_TIMERS
+    assert all(r.start_jiffies is not None and r.start_jiffies % measured.align_ticks == 2 for r in measured.runs)
+    fresh = [c for c in measured.comparisons if c.first[0] != c.second[0]]
+    assert len(fresh) == 2 and fresh[0].same_schedule   # each guest's first run: nothing before it to differ
+    assert measured.identical_replayed, [(c.label, c.differing, c.examples, c.same_schedule) for c in fresh]
+
+
+def test_a_later_run_differs_the_same_way_on_every_guest(measured: determinism.DeterminismResult) -> None:
+    same = [c for c in measured.comparisons if c.first[0] == c.second[0]]
+    assert len(same) == 2
+    if measured.comparisons[-1].same_schedule:  # the fresh guest's run 2 replayed the first guest's
+        assert same[0].examples == same[1].examples and same[0].differing == same[1].differing
+
+
 def test_unsplice_all_leaves_vmlinux(measured: determinism.DeterminismResult) -> None:
     assert len(measured.ends) == 2
     for end in measured.ends:
@@ -88,6 +107,7 @@ def test_sections_and_json(measured: determinism.DeterminismResult, kernel: Kern
     part.check()
     [section] = part.sections([clock], ReportContext(tmp_path, kernel.build_id, kernel.info["host"]["gcc"]))
     assert [len(t.rows) for t in section.tables] == [4, 4]
+    assert any(note.startswith("Replayed history:") for note in section.notes)
     assert any(note.startswith(("Identical on a fresh guest", "NOT identical on a fresh guest"))
                for note in section.notes)
     assert any("unsplice all undid" in note for note in section.notes)

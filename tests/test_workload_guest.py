@@ -83,6 +83,22 @@ def test_unknown_part_is_refused_on_both_sides(guest: QemuMachine) -> None:
     assert guest.console.request("ping").int_field("pong") == 1
 
 
+def test_aligned_run_starts_on_its_tick_with_the_same_digest(guest: QemuMachine, baseline: WorkloadResult) -> None:
+    """``align=TICKS``: the parts start two ticks after a tick whose jiffies is a multiple of TICKS
+    (the aligned tick, then the one kupdated's restart sleeps through); digests as unaligned."""
+    ticks = 37
+    aligned = run_workload(guest.console, ["fork", "tcp"], timeout=TIMEOUT_S, align_ticks=ticks)
+    assert_clean(aligned)
+    assert aligned.start_jiffies is not None and aligned.start_jiffies % ticks == 2
+    assert aligned.parts == {name: baseline.parts[name] for name in ("fork", "tcp")}
+    assert run_workload(guest.console, ["fork"], timeout=TIMEOUT_S).start_jiffies is None
+    for bad in ("align=0", "align=x"):
+        with pytest.raises(RigError, match="align= takes a number of ticks"):
+            guest.console.request(f"workload {bad} fork")
+    with pytest.raises(RigError, match="align_ticks must be 1 or more"):
+        run_workload(guest.console, ["fork"], align_ticks=0)
+
+
 def test_digest_unchanged_with_trap_splices_that_count_what_it_reaches(
         clean: Instrumenter, guest: QemuMachine, baseline: WorkloadResult) -> None:
     batch = clean.splice_many([PointRequest(function, Mode.TRAP) for function in REACHED])

@@ -18,18 +18,25 @@ Last, ``unsplice_all`` and the audit: the kernel text equals vmlinux again.
 
 Under ``-icount`` the guest's instructions and its virtual clock are deterministic, but its
 inputs are not: a command reaches the serial console at a host-timed moment, and an idle guest
-under ``sleep=off`` runs through timer ticks as fast as the host emulates them, so the number of
-ticks before a command arrives, and where in a tick it lands, are the host's. The witnesses and
-the ``jiffies`` read around each run show how much of that reaches the workload.
+under ``sleep=off`` runs through timer ticks as fast as the host emulates them (some 20000 per
+host second), so the number of ticks before a command arrives, where in a tick it lands and where
+the kernel's periodic timers stand then are the host's. So each run starts aligned (the
+workload's ``align=``, :func:`align_for`): on the tick whose jiffies is a multiple of four minutes,
+woken from idle, kupdated's period restarted there. A fresh guest *replays* the first guest's
+history when its runs start on the same aligned ticks counted from its first run; a host too slow
+to send a command before its tick makes that run start a period later, another history (a longer
+idle gap, in which timers and caches moved on), and such runs are reported apart.
 
 What it found (issue 10, 2 cores, TCG -icount shift 3): the entry always counts the tcp part's 175
-sends; run 2 on a guest differs from run 1 in about 323 of 746 instructions, the same way on
-every guest (state run 1 leaves behind); a fresh guest replaying the same history counted every
-instruction alike in 15 of 16 comparisons of the tcp part and 4 of 6 of the whole workload (the
-misses: 108-387 instructions, by 1 to 34). The one miss seen with the backlog witness came with
-another count of socket backlog runs (105 / 106): the tick phase at which a run starts moved where
-the sender and the receiver interleave. Under plain TCG every comparison differs, always with
-other counts of backlog runs and delayed ACKs.
+sends. Unaligned, a fresh guest counted every instruction alike in 15 of 16 tcp-part and 4 of 6
+whole-workload comparisons (the misses came with other counts of socket backlog runs: the tick
+phase at which the run started moved where sender and receiver interleave). Aligned, every fresh
+run that replayed the first guest's history counted every one of the 746 instructions alike: 20 of
+20 comparisons in five benches (align 24000), and in probes with align 6000 and 1; the only misses
+seen (align 12000, 2 of 6 whole-workload runs) were runs that started a period late. Run 2 on a
+guest still differs from run 1 (359 instructions for the tcp part, 389 for the whole workload),
+the same way on every guest: the state run 1 leaves behind. Under plain TCG every comparison
+differs, with other counts of backlog runs and delayed ACKs.
 
 Opt-in (``invoke bench --determinism``): two fresh guests per clock, about 20 s each.
 """
@@ -46,7 +53,7 @@ from rig.bench.sections import Section, Table
 from rig.errors import RigError
 from rig.guest import lifecycle
 from rig.guest.machine import QemuMachine
-from rig.guest.workload import PARTS, WorkloadResult, check_parts, run_workload
+from rig.guest.workload import ALIGN_PERIODIC_TIMERS, PARTS, WorkloadResult, check_parts, run_workload
 from rig.instrument import Instrumenter, trace
 from rig.instrument.manager import PointRequest
 from rig.splicer.analysis import FunctionCode
@@ -64,6 +71,14 @@ GUESTS = 2                                # the first guest and a fresh one
 WORKLOAD_TIMEOUT_S = 300.0                # the whole workload with every trap live, on a busy host
 SHOWN_DIFFERENCES = 8                     # differing instructions kept per comparison (bench.json)
 SHOWN_IN_TABLE = 3                        # ... and shown in the report's table
+
+
+def align_for(deterministic_clock: bool) -> int:
+    """Runs start on a tick whose jiffies is a multiple of this (the workload's ``align=``): under
+    -icount four minutes of ticks (they idle by in about a host second), which
+    stands every periodic kernel timer where it stood in the other runs; under host time a minute
+    would be real ones, and a tick is all that is worth aligning to where ticks follow the host."""
+    return ALIGN_PERIODIC_TIMERS if deterministic_clock else 1
 
 
 def workload_name(parts: Sequence[str]) -> str:
@@ -95,9 +110,12 @@ class RunCounts:
     digest: str
     failures: dict[str, str]
     counts: Counters
-    jiffies_at_start: int      # where the run began in the guest's time
+    jiffies_at_start: int      # the guest's jiffies when the command was sent (read by the host)
+    start_jiffies: int | None  # where the parts started, on the aligned tick (None: not aligned)
     guest_seconds: float       # the guest's own wall time of the workload (its virtual clock under -icount)
     host_seconds: float
+    schedule: tuple[int, ...] = ()  # aligned: the starts of this guest's runs so far, from its first run's
+
 
     @property
     def entry(self) -> int:
@@ -119,6 +137,7 @@ class Comparison:
     witnesses: dict[str, tuple[int, int]]
     jiffies: tuple[int, int]
     digests_equal: bool
+    same_schedule: bool        # both runs started as long after their guest's first run (aligned runs)
 
     @property
     def identical(self) -> bool:
@@ -139,6 +158,7 @@ class DeterminismResult:
     function: str
     clock_name: str
     deterministic_clock: bool
+    align_ticks: int | None    # each run started on a tick whose jiffies is a multiple of this
     offsets: list[int]         # traced instructions, as offsets in the function
     modes: dict[str, int]      # traced points by mode
     refused: int
@@ -152,11 +172,24 @@ class DeterminismResult:
         """Every run on the fresh guest counted exactly what the same run on the first guest did."""
         return all(c.identical for c in self.comparisons if c.first[0] != c.second[0])
 
+    @property
+    def replayed(self) -> list[Comparison]:
+        """The fresh guest's runs that replayed the first guest's history exactly: the same runs,
+        started on the same aligned ticks counted from the first run (a host too slow to send a
+        command before its tick makes the guest wait for the next one: a longer idle gap)."""
+        return [c for c in self.comparisons if c.first[0] != c.second[0] and c.same_schedule]
+
+    @property
+    def identical_replayed(self) -> bool:
+        return bool(self.replayed) and all(c.identical for c in self.replayed)
+
     def to_json(self) -> dict[str, Any]:
-        return {"function": self.function, "offsets": self.offsets, "modes": self.modes, "refused": self.refused,
+        return {"function": self.function, "align_ticks": self.align_ticks, "offsets": self.offsets,
+                "modes": self.modes, "refused": self.refused,
                 "runs": [{**asdict(r), "entry": r.entry} for r in self.runs],
                 "comparisons": [{**asdict(c), "identical": c.identical} for c in self.comparisons],
                 "ends": [asdict(e) for e in self.ends], "identical_fresh": self.identical_fresh,
+                "identical_replayed": self.identical_replayed,
                 "seconds": self.seconds}
 
 
@@ -179,6 +212,8 @@ class TracedGuest:
     code: FunctionCode
     points: list[int]                         # traced instruction addresses, in order
     witness_slots: dict[str, int] = field(default_factory=dict)
+    first_start: int | None = None            # jiffies at the first aligned run's start
+    schedule: list[int] = field(default_factory=list)  # each aligned run's start, from the first's
 
     def counters(self) -> Counters:
         hits = self.instr.hits_in(self.code.start, self.code.end)
@@ -211,17 +246,23 @@ def trace_function(machine: QemuMachine, instr: Instrumenter, function: str = FU
 
 
 def run_counted(traced: TracedGuest, guest_index: int, parts: Sequence[str], runs: int,
-                note: Progress) -> list[RunCounts]:
+                note: Progress, align_ticks: int | None = None) -> list[RunCounts]:
     """``runs`` runs of the workload ``parts``, each with what its counters gained."""
     done: list[RunCounts] = []
     name = workload_name(parts)
     before = traced.counters()
     for run in range(1, runs + 1):
         note(f"guest {guest_index + 1}: workload {name}, run {run}/{runs}")
-        result: WorkloadResult = run_workload(traced.machine.console, parts, timeout=WORKLOAD_TIMEOUT_S)
+        result: WorkloadResult = run_workload(traced.machine.console, parts, timeout=WORKLOAD_TIMEOUT_S,
+                                              align_ticks=align_ticks)
         after = traced.counters()
+        if result.start_jiffies is not None:
+            if traced.first_start is None:
+                traced.first_start = result.start_jiffies
+            traced.schedule.append((result.start_jiffies - traced.first_start) & 0xFFFFFFFF)
         done.append(RunCounts(guest_index, name, run, result.digest, dict(result.failures), after.minus(before),
-                              before.jiffies, result.seconds, round(result.host_seconds, 3)))
+                              before.jiffies, result.start_jiffies, result.seconds, round(result.host_seconds, 3),
+                              tuple(traced.schedule)))
         before = after
     return done
 
@@ -245,7 +286,8 @@ def compare(label: str, first: RunCounts, second: RunCounts, points: Sequence[in
                       (first.entry, second.entry),
                       {name: (first.counts.witnesses[name], second.counts.witnesses[name])
                        for name in first.counts.witnesses},
-                      (first.counts.jiffies, second.counts.jiffies), first.digest == second.digest)
+                      (first.counts.jiffies, second.counts.jiffies), first.digest == second.digest,
+                      first.start_jiffies is not None and first.schedule == second.schedule)
 
 
 def comparisons(runs: Sequence[RunCounts], points: Sequence[int], start: int) -> list[Comparison]:
@@ -266,7 +308,8 @@ def comparisons(runs: Sequence[RunCounts], points: Sequence[int], start: int) ->
 
 
 def measure(prepared: lifecycle.PreparedGuest, workloads: Sequence[Sequence[str]], runs: int,
-            note: Progress, function: str = FUNCTION) -> DeterminismResult:
+            note: Progress, function: str = FUNCTION, guest_count: int = GUESTS,
+            align_ticks: int | None = None) -> DeterminismResult:
     started = time.monotonic()
     counted: list[RunCounts] = []
     ends: list[GuestEnd] = []
@@ -274,7 +317,7 @@ def measure(prepared: lifecycle.PreparedGuest, workloads: Sequence[Sequence[str]
     modes: dict[str, int] = {}
     refused = 0
     start = 0
-    for index in range(GUESTS):
+    for index in range(guest_count):
         with guests.booted(prepared, lambda _phase, detail: note(detail)) as guest:
             note(f"guest {index + 1}: tracing every instruction of {function}")
             traced, modes, refused = trace_function(guest.machine, guest.instr, function)
@@ -285,12 +328,13 @@ def measure(prepared: lifecycle.PreparedGuest, workloads: Sequence[Sequence[str]
                 raise RigError("the fresh guest traced other points than the first", hint="a bug in the bench")
             try:
                 for parts in workloads:
-                    counted += run_counted(traced, index, parts, runs, note)
+                    counted += run_counted(traced, index, parts, runs, note, align_ticks)
             finally:
                 note(f"guest {index + 1}: unsplice all")
                 ends.append(untrace(traced))
     points = [start + offset for offset in offsets]
-    return DeterminismResult(function, prepared.clock.name, prepared.clock.deterministic, offsets, modes, refused,
+    return DeterminismResult(function, prepared.clock.name, prepared.clock.deterministic, align_ticks, offsets,
+                             modes, refused,
                              counted, comparisons(counted, points, start), ends,
                              round(time.monotonic() - started, 3))
 
@@ -298,9 +342,10 @@ def measure(prepared: lifecycle.PreparedGuest, workloads: Sequence[Sequence[str]
 # ---- report --------------------------------------------------------------------------------------
 def runs_table(result: DeterminismResult) -> Table:
     header = ["guest", "workload", "run", "entry hits", "all hits", *(f"{w} hits" for w in WITNESSES), "jiffies",
-              "guest s", "digest"]
+              "sent at jiffies", "started at", "guest s", "digest"]
     rows = [[r.guest + 1, r.workload, r.run, r.entry, sum(r.counts.hits), *(r.counts.witnesses[w] for w in WITNESSES),
-             r.counts.jiffies, r.guest_seconds, r.digest + (" FAILED " + str(r.failures) if r.failures else "")]
+             r.counts.jiffies, r.jiffies_at_start, "-" if r.start_jiffies is None else r.start_jiffies,
+             r.guest_seconds, r.digest + (" FAILED " + str(r.failures) if r.failures else "")]
             for r in result.runs]
     return Table(f"Counts per run ({result.clock_name}): {len(result.offsets)} instructions of {result.function} "
                  f"traced ({', '.join(f'{m} {n}' for m, n in sorted(result.modes.items()))}; {result.refused} "
@@ -309,12 +354,13 @@ def runs_table(result: DeterminismResult) -> Table:
 
 def comparison_table(result: DeterminismResult) -> Table:
     header = ["workload", "compared", "instructions differing", "sum |diff|", "max |diff|", "entry hits",
-              *(f"{w} hits" for w in WITNESSES), "jiffies", "digests", "first differences (+offset: a/b)"]
+              *(f"{w} hits" for w in WITNESSES), "jiffies", "schedule", "digests",
+              "first differences (+offset: a/b)"]
     rows = []
     for c in result.comparisons:
         rows.append([c.workload, c.label, f"{c.differing} of {c.instructions}", c.total_delta, c.max_delta,
                      _pair(c.entries), *(_pair(c.witnesses[w]) for w in WITNESSES), _pair(c.jiffies),
-                     "equal" if c.digests_equal else "differ",
+                     "same" if c.same_schedule else "other", "equal" if c.digests_equal else "differ",
                      ", ".join(f"+{offset:#x}: {a}/{b}" for offset, a, b in c.examples[:SHOWN_IN_TABLE]) or "-"])
     return Table(f"Per-instruction counts compared ({result.clock_name})", header, rows)
 
@@ -361,7 +407,24 @@ def notes(result: DeterminismResult) -> list[str]:
                    f"pace, and they differed in {len(idle)} of {len(result.comparisons)} comparisons (e.g. "
                    f"{idle[0].workload} {idle[0].label}: {_pair(idle[0].jiffies)} ticks). Where the same history is "
                    "replayed, a count can differ only through such host-timed inputs: the tick phase at which a run "
-                   "starts, frames through QEMU's hub.")
+                   "starts, where the kernel's periodic timers stand then, frames through QEMU's hub.")
+    if result.align_ticks is not None and not result.deterministic_clock:
+        out.append(f"Each run started on a tick (workload align={result.align_ticks}); under host time the ticks "
+                   "themselves follow the host, so that fixes where in a tick a run starts and no more.")
+    elif result.align_ticks is not None:
+        out.append(f"Each run started aligned (workload align={result.align_ticks}): woken from idle by the tick whose "
+                   f"jiffies is a multiple of {result.align_ticks}, kupdated's period restarted on it, so neither the "
+                   "tick phase nor a periodic timer depends on when the command arrived.")
+        replayed, other = result.replayed, [c for c in fresh if not c.same_schedule]
+        if replayed:
+            verdict = "identical" if result.identical_replayed else "NOT identical"
+            out.append(f"Replayed history: {len(replayed)} of {len(fresh)} fresh-guest run(s) started on the same "
+                       f"aligned ticks, counted from the guest's first run, as the first guest's; their counts are "
+                       f"{verdict}.")
+        if other:
+            out.append(f"{len(other)} fresh-guest run(s) started on other aligned ticks than the first guest's (the "
+                       "host sent a command after its tick, so the guest idled to the next one): another history, "
+                       "the idle gaps between runs differ, and counts may differ with it.")
     if not result.deterministic_clock:
         out.append("This clock is host time (no -icount): timer interrupts land where the host's speed puts "
                    "them, so differing counts are expected here; repeatability is judged under -icount.")
@@ -402,7 +465,8 @@ class DeterminismPart(GuestPart[ClockDeterminism]):
         prepared = lifecycle.prepare(accel=clock.accel, icount_shift=clock.icount_shift)
         # Guests of its own, booted alike; the bench's guest of this clock waits, stopped, taking no CPU.
         with guest.instr.gdb.stopped():
-            result = measure(prepared, self.workloads, self.runs, guest.note, self.function)
+            result = measure(prepared, self.workloads, self.runs, guest.note, self.function,
+                             align_ticks=align_for(clock.deterministic))
         return ClockDeterminism(guest.clock, result)
 
     def to_json(self, result: list[ClockDeterminism]) -> Any:

@@ -234,7 +234,9 @@ def write_annotation(code: "FunctionCode", lines: "list[AnnotatedLine]", state: 
 
 def workload_table(result: "WorkloadResult") -> None:
     """The workload's digest and each part's: equal digests mean the same results."""
-    table = Table(title=f"guest workload: digest {result.digest} ({result.seconds:.1f} s)", title_justify="left")
+    started = f", started at jiffies {result.start_jiffies}" if result.start_jiffies is not None else ""
+    table = Table(title=f"guest workload: digest {result.digest} ({result.seconds:.1f} s{started})",
+                  title_justify="left")
     for column in ("part", "digest"):
         table.add_column(column)
     for part, digest in result.parts.items():

@@ -55,6 +55,15 @@ What each part drives (rig/guest/init/wl_*.c):
   later run starts from that same state.
 
 Under TCG the whole workload takes about 1-2 s of guest time on an idle 2-core host.
+
+``workload align=TICKS [part...]`` starts the parts right after the timer tick whose jiffies is a
+multiple of TICKS, woken from idle, with kupdated's 5 s period restarted at that tick (see
+``align_start`` in rig/guest/init/workload.c). Under ``-icount`` that takes the host's timing out
+of a run: how long the guest idled before the command and where in a tick it arrived no longer
+move the tick phase or the kernel's periodic timers relative to the parts. With
+:data:`ALIGN_PERIODIC_TIMERS` (four minutes, a multiple of every periodic timer the guest runs) it
+waits up to four minutes of guest time, which an idle guest under ``-icount sleep=off`` runs through
+in about a second; under plain TCG those minutes are real, so there align to a tick (1).
 """
 from __future__ import annotations
 
@@ -67,6 +76,12 @@ from rig.guest.protocol import GuestCommandError, GuestConsole
 
 PARTS: tuple[str, ...] = ("fork", "pipe", "signal", "file", "memory", "sched", "tcp", "udp", "unix", "nic")
 DEFAULT_TIMEOUT_S = 120.0
+# 240 s at HZ=100: a multiple of the periods of the guest's periodic kernel timers (the NICs'
+# speedo_timer and dev_watchdog 2 s, kupdated 5 s, the TIME_WAIT reaper 7.5 s, the serial poll 10 s,
+# neighbour gc 30 s, the route cache check 60 s, inet peer gc 120 s; read from the timer wheel), and
+# twice the longest, so that a host a little slow to send the next command rarely misses its tick
+# (an idle guest under -icount sleep=off runs through some 20000 ticks per host second).
+ALIGN_PERIODIC_TIMERS = 24000
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,7 @@ class WorkloadResult:
     host_seconds: float               # request to reply, on the host
     failures: dict[str, str] = field(default_factory=dict)   # part -> "<step>:<error>"
     raw: str = ""
+    start_jiffies: int | None = None  # where an aligned run started (align=TICKS), else None
 
     @property
     def ok(self) -> bool:
@@ -100,13 +116,17 @@ def check_parts(parts: Sequence[str]) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def run_workload(console: GuestConsole, parts: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT_S
-                 ) -> WorkloadResult:
-    """Run ``parts`` (all of them when empty) in the guest and parse the reply."""
+def run_workload(console: GuestConsole, parts: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT_S,
+                 align_ticks: int | None = None) -> WorkloadResult:
+    """Run ``parts`` (all of them when empty) in the guest and parse the reply; ``align_ticks``:
+    start them on a tick whose jiffies is a multiple of it (see the module's doc)."""
     chosen = check_parts(parts)
+    if align_ticks is not None and align_ticks < 1:
+        raise RigError(f"align_ticks must be 1 or more, not {align_ticks}")
+    align = (f"align={align_ticks}",) if align_ticks is not None else ()
     started = time.monotonic()
     try:
-        reply = console.request(" ".join(("workload", *chosen)), timeout=timeout)
+        reply = console.request(" ".join(("workload", *align, *chosen)), timeout=timeout)
     except GuestCommandError as error:
         raise RigError(f"the guest refused the workload: {error.guest_message}",
                        hint="the guest init may be older than the rig; rebuild the initrd") from None
@@ -125,4 +145,5 @@ def run_workload(console: GuestConsole, parts: Sequence[str] = (), timeout: floa
         host_seconds=host_seconds,
         failures={name: fields[f"{name}_failed"] for name in names if f"{name}_failed" in fields},
         raw=reply.raw,
+        start_jiffies=reply.int_field("start_jiffies") if align else None,
     )

@@ -21,7 +21,7 @@ static const struct command commands[] = {
     {"tcp-mss", cmd_tcp_mss, "tcp-mss"},
     {"user-int", cmd_user_int, "user-int V"},
     {"netenv", cmd_netenv, "netenv fer=<decimal>"},
-    {"workload", cmd_workload, "workload [part...]"},
+    {"workload", cmd_workload, "workload [align=TICKS] [part...]"},
     {"help", cmd_help, "help"},
 };
 #define COMMAND_COUNT (sizeof(commands) / sizeof(commands[0]))

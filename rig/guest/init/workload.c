@@ -1,7 +1,8 @@
-/* `workload [part...]`: drive the kernel broadly and answer a digest of what
- * came back.
+/* `workload [align=TICKS] [part...]`: drive the kernel broadly and answer a
+ * digest of what came back.
  *
  *   reply: digest=<16 hex> <part>=<8 hex>... <part>_ms=N... ms=N [<part>_failed=<step>:<error>]
+ *          [start_jiffies=N]
  *
  * digest covers the parts run, in order; each <part>= is that part's own hash
  * folded to 32 bits, so a changed digest names the part.  The *_ms fields are
@@ -253,6 +254,75 @@ long wl_read_file(const char *path, char *buf, u32 len)
     return n;
 }
 
+/* --- a start the host's timing cannot move (align=TICKS) ----------------------- */
+
+/* Under QEMU -icount the guest's instructions and timer interrupts are
+ * deterministic, but a command arrives at a host-timed moment: in the middle
+ * of some tick, with the kernel's periodic timers (the NICs' 2 s timers, the
+ * TIME_WAIT reaper, the serial poll, neighbour and inet peer gc, the route
+ * cache check, kupdated's 5 s flush) at other distances ahead.  Aligned, the
+ * parts start right after the tick whose jiffies is a multiple of TICKS (the
+ * host's 24000, four minutes, is a multiple of every such period, so each
+ * periodic timer stands where it stood in any other aligned run of the same
+ * history), woken from idle by that tick, and kupdated's period restarts at
+ * that tick (kupdated sleeps from its last flush, not on a fixed grid).
+ * Every sleep here ends on a tick taken while the CPU idles, never in a spin
+ * whose phase would be the host's. */
+
+#define KUPDATED_MAX_PID 32 /* a kernel thread started at boot: a low pid */
+
+static long find_kupdated(void)
+{
+    static char stat[128];
+    char path[24] = "/proc/";
+    long pid;
+    for (pid = 2; pid <= KUPDATED_MAX_PID; pid++) {
+        u32 n = 6, digits = pid >= 10 ? 2 : 1;
+        path[n] = (char)('0' + (digits == 2 ? pid / 10 : pid));
+        if (digits == 2)
+            path[n + 1] = (char)('0' + pid % 10);
+        memcpy(path + n + digits, "/stat", 6);
+        n = (u32)wl_read_file(path, stat, sizeof(stat) - 1);
+        if ((long)n > 0) {
+            stat[n] = 0;
+            if (str_starts(stat + (stat[1] == ' ' ? 2 : 3), "(kupdated)"))
+                return pid;
+        }
+    }
+    return -ESRCH;
+}
+
+/* sleep until the tick `target` (at least one tick from now) */
+static void sleep_until_tick(u32 target)
+{
+    u32 now = sys_times(0);
+    while ((int)(target - now) > 0) {
+        /* nanosleep sleeps one tick more than it is asked for (2.4 rounds up, then adds one) */
+        u32 ticks = target - now - 1;
+        struct timespec32 t = {(long)(ticks / 100), (long)(ticks % 100) * 10000000L}, rem;
+        sys_nanosleep2(&t, &rem);
+        now = sys_times(0);
+    }
+}
+
+/* returns the jiffies the parts start at, or -errno */
+static long align_start(u32 ticks)
+{
+    long kupdated = find_kupdated();
+    u32 now, target;
+    if (kupdated < 0)
+        return kupdated;
+    sys_kill((int)kupdated, SIGSTOP); /* it takes its stop when pid 1 next sleeps */
+    now = sys_times(0);
+    target = (now / ticks + 1) * ticks;
+    if (target - now < 2) /* room for one sleep that ends on the tick */
+        target += ticks;
+    sleep_until_tick(target);
+    sys_kill((int)kupdated, SIGCONT); /* it flushes and sleeps its period from this tick */
+    sleep_until_tick(target + 2);
+    return (long)(target + 2);
+}
+
 /* --- running parts ---------------------------------------------------------- */
 
 struct part_result {
@@ -384,14 +454,20 @@ int cmd_workload(struct request *req)
     const struct part_entry *chosen[PART_COUNT];
     static struct part_result results[PART_COUNT];
     u32 elapsed[PART_COUNT];
-    u32 count = 0, i, j, started;
+    u32 count = 0, i, j, started, align = 0, first = 1;
     u64 digest = FNV64_OFFSET;
+    long start_jiffies = 0;
 
-    if (req->argc == 1) {
+    if (req->argc > 1 && str_starts(req->argv[1], "align=")) {
+        if (parse_u32(req->argv[1] + 6, 1000000, &align) || align == 0)
+            return fail(req, "workload: align= takes a number of ticks, 1 or more");
+        first = 2;
+    }
+    if ((u32)req->argc == first) {
         for (i = 0; i < PART_COUNT; i++)
             chosen[count++] = &parts[i];
     } else {
-        for (i = 1; i < (u32)req->argc; i++) {
+        for (i = first; i < (u32)req->argc; i++) {
             const struct part_entry *entry = find_part(req->argv[i]);
             if (!entry) {
                 fail(req, "workload: unknown part '");
@@ -411,6 +487,11 @@ int cmd_workload(struct request *req)
         }
     }
 
+    if (align) {
+        start_jiffies = align_start(align);
+        if (start_jiffies < 0)
+            return fail_errno(req, "workload: align: no kupdated thread", start_jiffies);
+    }
     started = wl_now_ms();
     for (i = 0; i < count; i++) {
         u32 part_started = wl_now_ms();
@@ -432,6 +513,8 @@ int cmd_workload(struct request *req)
         line_u64(&req->reply, elapsed[i]);
     }
     line_kv_u64(&req->reply, "ms", wl_now_ms() - started);
+    if (align)
+        line_kv_u64(&req->reply, "start_jiffies", (u32)start_jiffies);
     for (i = 0; i < count; i++) {
         if (!results[i].failed[0])
             continue;

@@ -22,6 +22,8 @@ static inline long sys_execve(const char *path, char *const argv[], char *const 
 }
 static inline long sys_pipe(int fds[2]) { return sys1(NR_pipe, (long)fds); }
 static inline long sys_kill(int pid, int sig) { return sys2(NR_kill, pid, sig); }
+/* 2.4 returns jiffies (clock ticks since boot); read as u32, it wraps but is never an error */
+static inline u32 sys_times(void *buf) { return (u32)sys1(NR_times, (long)buf); }
 static inline long sys_getppid(void) { return sys0(NR_getppid); }
 static inline long sys_setpgid(int pid, int pgid) { return sys2(NR_setpgid, pid, pgid); }
 static inline long sys_dup(int fd) { return sys1(NR_dup, fd); }
@@ -211,6 +213,8 @@ struct timeval32 {
 #define SIGALRM 14
 #define SIGTERM 15
 #define SIGCHLD 17
+#define SIGCONT 18
+#define SIGSTOP 19
 #define SIGCONT 18
 #define SIGSTOP 19
 #define SIGVTALRM 26
