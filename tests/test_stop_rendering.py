@@ -29,7 +29,12 @@ def test_splice_and_batch_tables_show_the_staging_stop(kernel: KernelBuild) -> N
                           stage_stall_s=0.00744)
     text = shown(*render.splice_tables(result))
     assert "5.12 ms to check and write the point, after 7.44 ms staging" in text
-    assert "and 2.31 ms reading the repository" in text
+    assert "and 2.31 ms reading the repository" in text and "(three host-timed stops" in text
+    held = SpliceResult(plan, stall_s=0.00512, busy_retries=2, vector=0x81, prep_stall_s=0.00231,
+                        stage_stall_s=0.00744, held_slots=(0,))
+    text = shown(*render.splice_tables(held))
+    assert "free slot(s) 0 passed over" in text and "an earlier staging stop that found a held slot" in text
+    assert "three host-timed stops" not in text and text.count("2 busy retries") == 1
     batch = BatchResult([plan], [0x81], [], stall_s=0.0109, prep_stall_s=0.0051, busy_retries=0, stage_stall_s=0.2117)
     text = shown(render.batch_table(batch))
     assert "10.9 ms to check and write the points, after 211.7 ms staging" in text and "5.1 ms reading" in text

@@ -125,8 +125,10 @@ def splice_tables(result: "SpliceResult") -> list[Table]:
         ("guest stalls", f"{result.stall_s * 1000:.2f} ms to check and write the point, after "
                          f"{result.stage_stall_s * 1000:.2f} ms staging what no branch leads to yet (patch, record, "
                          f"bucket) and {result.prep_stall_s * 1000:.2f} ms reading the repository and task list "
-                         "(three host-timed stops, stop→continue)"
-                         f"{f', {result.busy_retries} busy retries' if result.busy_retries else ''}"),
+                         + ("(three host-timed stops, stop→continue)" if not result.held_slots else
+                            "(host-timed stops, stop→continue; and an earlier staging stop that found a held slot "
+                            "and wrote nothing)")
+                         + (f", {result.busy_retries} busy retries" if result.busy_retries else "")),
     ])
     code = Table(title="code", title_justify="left")
     code.add_column("before (vmlinux)", style="dim")
