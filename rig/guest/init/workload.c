@@ -270,6 +270,7 @@ long wl_read_file(const char *path, char *buf, u32 len)
  * whose phase would be the host's. */
 
 #define KUPDATED_MAX_PID 32 /* a kernel thread started at boot: a low pid */
+#define HZ 100               /* the i386 2.4 kernel's tick rate */
 
 static long find_kupdated(void)
 {
@@ -277,14 +278,15 @@ static long find_kupdated(void)
     char path[24] = "/proc/";
     long pid;
     for (pid = 2; pid <= KUPDATED_MAX_PID; pid++) {
-        u32 n = 6, digits = pid >= 10 ? 2 : 1;
-        path[n] = (char)('0' + (digits == 2 ? pid / 10 : pid));
+        u32 digits = pid >= 10 ? 2 : 1;
+        long got;
+        path[6] = (char)('0' + (digits == 2 ? pid / 10 : pid));
         if (digits == 2)
-            path[n + 1] = (char)('0' + pid % 10);
-        memcpy(path + n + digits, "/stat", 6);
-        n = (u32)wl_read_file(path, stat, sizeof(stat) - 1);
-        if ((long)n > 0) {
-            stat[n] = 0;
+            path[7] = (char)('0' + pid % 10);
+        memcpy(path + 6 + digits, "/stat", 6);
+        got = wl_read_file(path, stat, sizeof(stat) - 1);
+        if (got > 0) {
+            stat[got] = 0;
             if (str_starts(stat + (stat[1] == ' ' ? 2 : 3), "(kupdated)"))
                 return pid;
         }
@@ -299,14 +301,14 @@ static void sleep_until_tick(u32 target)
     while ((int)(target - now) > 0) {
         /* nanosleep sleeps one tick more than it is asked for (2.4 rounds up, then adds one) */
         u32 ticks = target - now - 1;
-        struct timespec32 t = {(long)(ticks / 100), (long)(ticks % 100) * 10000000L}, rem;
+        struct timespec32 t = {(long)(ticks / HZ), (long)(ticks % HZ) * (1000000000L / HZ)}, rem;
         sys_nanosleep2(&t, &rem);
         now = sys_times(0);
     }
 }
 
-/* returns the jiffies the parts start at, or -errno */
-static long align_start(u32 ticks)
+/* 0 and in *start the jiffies the parts start at, or -errno */
+static long align_start(u32 ticks, u32 *start)
 {
     long kupdated = find_kupdated();
     u32 now, target;
@@ -320,7 +322,8 @@ static long align_start(u32 ticks)
     sleep_until_tick(target);
     sys_kill((int)kupdated, SIGCONT); /* it flushes and sleeps its period from this tick */
     sleep_until_tick(target + 2);
-    return (long)(target + 2);
+    *start = target + 2;
+    return 0;
 }
 
 /* --- running parts ---------------------------------------------------------- */
@@ -456,7 +459,7 @@ int cmd_workload(struct request *req)
     u32 elapsed[PART_COUNT];
     u32 count = 0, i, j, started, align = 0, first = 1;
     u64 digest = FNV64_OFFSET;
-    long start_jiffies = 0;
+    u32 start_jiffies = 0;
 
     if (req->argc > 1 && str_starts(req->argv[1], "align=")) {
         if (parse_u32(req->argv[1] + 6, 1000000, &align) || align == 0)
@@ -488,9 +491,9 @@ int cmd_workload(struct request *req)
     }
 
     if (align) {
-        start_jiffies = align_start(align);
-        if (start_jiffies < 0)
-            return fail_errno(req, "workload: align: no kupdated thread", start_jiffies);
+        long ret = align_start(align, &start_jiffies);
+        if (ret < 0)
+            return fail_errno(req, "workload: align: no kupdated thread", ret);
     }
     started = wl_now_ms();
     for (i = 0; i < count; i++) {
@@ -514,7 +517,7 @@ int cmd_workload(struct request *req)
     }
     line_kv_u64(&req->reply, "ms", wl_now_ms() - started);
     if (align)
-        line_kv_u64(&req->reply, "start_jiffies", (u32)start_jiffies);
+        line_kv_u64(&req->reply, "start_jiffies", start_jiffies);
     for (i = 0; i < count; i++) {
         if (!results[i].failed[0])
             continue;
