@@ -75,9 +75,9 @@ SHOWN_IN_TABLE = 3                        # ... and shown in the report's table
 
 def align_for(deterministic_clock: bool) -> int:
     """Runs start on a tick whose jiffies is a multiple of this (the workload's ``align=``): under
-    -icount four minutes of ticks (they idle by in about a host second), which
-    stands every periodic kernel timer where it stood in the other runs; under host time a minute
-    would be real ones, and a tick is all that is worth aligning to where ticks follow the host."""
+    -icount four minutes of ticks (they idle by in about a host second), which stands every
+    periodic kernel timer where it stood in the other runs; under host time those minutes would be
+    real ones, and a tick is all that is worth aligning to where ticks follow the host."""
     return ALIGN_PERIODIC_TIMERS if deterministic_clock else 1
 
 
