@@ -11,11 +11,13 @@ from typing import Any, ClassVar
 import pytest
 
 from rig.bench import registry, run
+from rig.bench.determinism import DeterminismPart
 from rig.bench.fig4 import Fig4Part
 from rig.bench.fig5 import Fig5Part
 from rig.bench.hops import HopsPart
 from rig.bench.part import STATIC_ANALYSIS, DerivedPart, Registry, ReportContext, Results
 from rig.bench.render import terminal_tables
+from rig.bench.scale import ScalePart
 from rig.bench.sections import Section, Table
 from rig.bench.table1 import Table1Part
 from rig.errors import RigError
@@ -85,11 +87,20 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
         run.BenchOptions(parts=registry.PARTS.configured(Table1Part(runs=0))).check()
 
 
-def test_cli_switches_select_parts_and_what_they_need() -> None:
-    def keys(*switches: str) -> list[str]:
-        options = run.cli_options(switches=switches, n=None, runs=None, accel="auto", icount=True, counter=False)
-        return [part.key for part in options.selected()]
+def keys(*switches: str) -> list[str]:
+    """The parts ``invoke bench`` with these switches runs, in order."""
+    options = run.cli_options(switches=switches, n=None, runs=None, accel="auto", icount=True, counter=False)
+    return [part.key for part in options.selected()]
 
+
+@pytest.mark.parametrize("switch, part", [("scale", ScalePart), ("determinism", DeterminismPart)])
+def test_opt_in_parts_run_only_when_named(switch: str, part: type[ScalePart] | type[DeterminismPart]) -> None:
+    assert switch not in keys()
+    assert keys(switch) == [switch]
+    assert registry.PARTS.get(part) == part()  # the shared registry keeps its defaults
+
+
+def test_cli_switches_select_parts_and_what_they_need() -> None:
     assert keys() == ["table1", "latency", "fig4", "hops", "fig5"]
     assert keys("table1") == ["table1", "latency"]
     assert keys("fig4") == ["fig4"]

@@ -9,22 +9,12 @@ from pathlib import Path
 import pytest
 
 from rig import instrument
-from rig.bench import registry, run, scale
+from rig.bench import scale
 from rig.bench.part import ClockRun, Guest, ReportContext
 from rig.guest import lifecycle
 from rig.kernel.build import KernelBuild
 
 SHIFT = 3
-
-
-def test_scale_is_opt_in() -> None:
-    def keys(*switches: str) -> list[str]:
-        options = run.cli_options(switches=switches, n=None, runs=None, accel="auto", icount=True, counter=False)
-        return [part.key for part in options.selected()]
-
-    assert "scale" not in keys()
-    assert keys("scale") == ["scale"]
-    assert registry.PARTS.get(scale.ScalePart) == scale.ScalePart()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.bench import determinism, run
+from rig.bench import determinism
 from rig.bench.part import ClockRun, ReportContext
 from rig.guest import lifecycle
 from rig.kernel.build import KernelBuild
@@ -42,15 +42,6 @@ def chunks_of(total: int) -> int:
 
 
 TCP_SENDMSG_CALLS = 2 * chunks_of(BULK) + 1 + 2 * SHORT_CONNECTIONS
-
-
-def test_determinism_is_opt_in() -> None:
-    def keys(*switches: str) -> list[str]:
-        options = run.cli_options(switches=switches, n=None, runs=None, accel="auto", icount=True, counter=False)
-        return [part.key for part in options.selected()]
-
-    assert "determinism" not in keys()
-    assert keys("determinism") == ["determinism"]
 
 
 @pytest.fixture(scope="module")

@@ -218,11 +218,10 @@ class TracedGuest:
     def counters(self) -> Counters:
         hits = self.instr.hits_in(self.code.start, self.code.end)
         jiffies_at = self.instr.image.symbol("jiffies").address
+        regions = [(self.instr.layout.counter(slot), 4) for slot in self.witness_slots.values()] + [(jiffies_at, 4)]
         with self.instr.gdb.stopped():
-            witnesses = dict(zip(self.witness_slots, (int.from_bytes(raw, "little") for raw in self.instr.gdb.read_many(
-                [(self.instr.layout.counter(slot), 4) for slot in self.witness_slots.values()]))))
-            jiffies = int.from_bytes(self.instr.gdb.read_memory(jiffies_at, 4), "little")
-        return Counters(tuple(hits[point][0] for point in self.points), witnesses, jiffies)
+            *counts, jiffies = (int.from_bytes(raw, "little") for raw in self.instr.gdb.read_many(regions))
+        return Counters(tuple(hits[point][0] for point in self.points), dict(zip(self.witness_slots, counts)), jiffies)
 
 
 def trace_function(machine: QemuMachine, instr: Instrumenter, function: str = FUNCTION

@@ -40,20 +40,25 @@ def free_ranges(gaps: Sequence[ByteRange], occupied: Sequence[ByteRange]) -> lis
         low = bisect.bisect_left(starts, gap.start - longest)
         high = bisect.bisect_right(starts, gap.end)
         meeting = sorted(index for index in by_start[low:high] if gap.overlaps(occupied[index]))
-        pieces = [gap]
-        for used in (occupied[index] for index in meeting):
-            next_pieces = []
-            for piece in pieces:
-                if not piece.overlaps(used):
-                    next_pieces.append(piece)
-                    continue
-                if used.start > piece.start:
-                    next_pieces.append(ByteRange(piece.start, used.start - piece.start))
-                if used.end < piece.end:
-                    next_pieces.append(ByteRange(used.end, piece.end - used.end))
-            pieces = next_pieces
-        result.extend(p for p in pieces if p.length >= REL8_SIZE)
+        result.extend(p for p in cut(gap, [occupied[index] for index in meeting]) if p.length >= REL8_SIZE)
     return result
+
+
+def cut(gap: ByteRange, used_ranges: Sequence[ByteRange]) -> list[ByteRange]:
+    """The pieces of ``gap`` left when each of ``used_ranges`` is taken out, in their order."""
+    pieces = [gap]
+    for used in used_ranges:
+        next_pieces = []
+        for piece in pieces:
+            if not piece.overlaps(used):
+                next_pieces.append(piece)
+                continue
+            if used.start > piece.start:
+                next_pieces.append(ByteRange(piece.start, used.start - piece.start))
+            if used.end < piece.end:
+                next_pieces.append(ByteRange(used.end, piece.end - used.end))
+        pieces = next_pieces
+    return pieces
 
 
 def find_route(source: int, free: Sequence[ByteRange], max_hops: int) -> list[Hop] | None:

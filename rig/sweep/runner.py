@@ -148,19 +148,20 @@ class GuestWorker:
         self._stack.close()
         self._machine = self._instrumenter = None
 
+    def _started(self) -> tuple[QemuMachine, Instrumenter]:
+        """The guest and its instrumenter, a fresh guest booted first when there is none."""
+        if self._machine is None or self._instrumenter is None:
+            self._start()
+        assert self._machine is not None and self._instrumenter is not None
+        return self._machine, self._instrumenter
+
     @property
     def machine(self) -> QemuMachine:
-        if self._machine is None:
-            self._start()
-        assert self._machine is not None
-        return self._machine
+        return self._started()[0]
 
     @property
     def instrumenter(self) -> Instrumenter:
-        if self._instrumenter is None:
-            self._start()
-        assert self._instrumenter is not None
-        return self._instrumenter
+        return self._started()[1]
 
     def __enter__(self) -> GuestWorker:
         return self

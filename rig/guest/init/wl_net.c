@@ -76,18 +76,15 @@ static long bound_socket(int type, struct sockaddr_in *addr)
     return fd;
 }
 
+static long send_step(int fd, const u8 *data, u32 len)
+{
+    return wl_sock(SYS_SEND, fd, (long)data, len, 0, 0);
+}
+
+/* through send(2), not write(2): the socket call's own path */
 static long send_all(int fd, const u8 *data, u32 len)
 {
-    u32 done = 0;
-    while (done < len) {
-        long n = wl_sock(SYS_SEND, fd, (long)(data + done), len - done, 0, 0);
-        if (n == -EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? n : -EPIPE;
-        done += (u32)n;
-    }
-    return (long)done;
+    return wl_put_full(send_step, fd, data, len);
 }
 
 /* send `total` bytes of the pattern in chunks of varying size */

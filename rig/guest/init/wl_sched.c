@@ -22,10 +22,23 @@ static long set_scheduler(int pid, int policy, int priority)
     return sys3(NR_sched_setscheduler, pid, policy, (long)&param);
 }
 
-static int policies(struct part *p)
+/* the running real-time policy as the sched_* calls report it (priority, rr interval), then a
+ * yield; -1 when a step failed (the part's failure) */
+static int realtime_facts(struct part *p, const char *getparam, const char *interval, const char *yield)
 {
     struct sched_param32 param;
     struct timespec32 slice;
+    TRY(p, getparam, sys2(NR_sched_getparam, 0, (long)&param));
+    wl_mix(p, (u32)param.priority);
+    TRY(p, interval, sys2(NR_sched_rr_get_interval, 0, (long)&slice));
+    wl_mix(p, (u32)(slice.tv_sec * 1000 + slice.tv_nsec / 1000000));
+    TRY(p, yield, sys_sched_yield());
+    return 0;
+}
+
+static int policies(struct part *p)
+{
+    struct sched_param32 param;
     int policy;
     for (policy = 0; policy <= 2; policy++) {
         wl_mix(p, (u32)sys1(NR_sched_get_priority_max, policy));
@@ -35,19 +48,13 @@ static int policies(struct part *p)
     wl_mix(p, (u32)sys1(NR_sched_getscheduler, 0));
     TRY(p, "fifo", set_scheduler(0, SCHED_FIFO, 10));
     wl_mix(p, (u32)sys1(NR_sched_getscheduler, 0));
-    TRY(p, "getparam", sys2(NR_sched_getparam, 0, (long)&param));
-    wl_mix(p, (u32)param.priority);
-    TRY(p, "rr-interval-fifo", sys2(NR_sched_rr_get_interval, 0, (long)&slice));
-    wl_mix(p, (u32)(slice.tv_sec * 1000 + slice.tv_nsec / 1000000));
-    TRY(p, "yield-fifo", sys_sched_yield());
+    if (realtime_facts(p, "getparam", "rr-interval-fifo", "yield-fifo"))
+        return -1;
     TRY(p, "rr", set_scheduler(0, SCHED_RR, 5));
     param.priority = 7;
     TRY(p, "setparam", sys2(NR_sched_setparam, 0, (long)&param));
-    TRY(p, "getparam-rr", sys2(NR_sched_getparam, 0, (long)&param));
-    wl_mix(p, (u32)param.priority);
-    TRY(p, "rr-interval", sys2(NR_sched_rr_get_interval, 0, (long)&slice));
-    wl_mix(p, (u32)(slice.tv_sec * 1000 + slice.tv_nsec / 1000000));
-    TRY(p, "yield-rr", sys_sched_yield());
+    if (realtime_facts(p, "getparam-rr", "rr-interval", "yield-rr"))
+        return -1;
     TRY(p, "other", set_scheduler(0, SCHED_OTHER, 0));
     wl_mix(p, (u32)sys1(NR_sched_getscheduler, 0));
     wl_mix(p, (u32)set_scheduler(0, SCHED_FIFO, 200)); /* -EINVAL */

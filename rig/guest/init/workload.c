@@ -149,12 +149,11 @@ long wl_read_full(int fd, void *buf, u32 len)
     return (long)done;
 }
 
-long wl_write_full(int fd, const void *buf, u32 len)
+long wl_put_full(wl_write_step step, int fd, const u8 *buf, u32 len)
 {
-    const u8 *p = buf;
     u32 done = 0;
     while (done < len) {
-        long n = sys_write(fd, p + done, len - done);
+        long n = step(fd, buf + done, len - done);
         if (n == -EINTR)
             continue;
         if (n <= 0)
@@ -162,6 +161,16 @@ long wl_write_full(int fd, const void *buf, u32 len)
         done += (u32)n;
     }
     return (long)done;
+}
+
+static long write_step(int fd, const u8 *buf, u32 len)
+{
+    return sys_write(fd, buf, len);
+}
+
+long wl_write_full(int fd, const void *buf, u32 len)
+{
+    return wl_put_full(write_step, fd, buf, len);
 }
 
 long wl_wait_readable(int fd, int ms)

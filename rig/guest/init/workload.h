@@ -384,6 +384,10 @@ u32 wl_fnv32(const void *data, u32 len);
 /* full reads/writes: bytes moved (short only at EOF) or -errno */
 long wl_read_full(int fd, void *buf, u32 len);
 long wl_write_full(int fd, const void *buf, u32 len);
+/* all of buf through `step` (a write-like call), again after -EINTR and short counts: len, or -errno
+ * (-EPIPE for a step that wrote nothing) */
+typedef long (*wl_write_step)(int fd, const u8 *buf, u32 len);
+long wl_put_full(wl_write_step step, int fd, const u8 *buf, u32 len);
 /* 1 if fd is readable within ms, 0 on timeout, -errno */
 long wl_wait_readable(int fd, int ms);
 /* wait4 for pid, retrying on EINTR; the status in *status */
